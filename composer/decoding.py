@@ -1,0 +1,95 @@
+"""Decoding settings and the transformers processors that implement them (reused, never rewritten)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from experts.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """The knobs of transformers' GenerationConfig that apply to composed decoding, with its defaults."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    num_return_sequences: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        _whole("max_new_tokens", self.max_new_tokens, minimum=1)
+        _whole("num_return_sequences", self.num_return_sequences, minimum=1)
+        if self.top_k is not None:
+            _whole("top_k", self.top_k, minimum=1)
+        _number("temperature", self.temperature, low=0.0, low_open=True)
+        if self.top_p is not None:
+            _number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        if self.min_p is not None:
+            _number("min_p", self.min_p, low=0.0, high=1.0)
+        if self.repetition_penalty is not None:
+            _number("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True)
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise UserInputError(f"decoding.stop={list(self.stop)!r} must be a list of non-empty strings")
+        if self.num_return_sequences > 1 and not self.do_sample:
+            raise UserInputError("num_return_sequences > 1 needs do_sample=true; greedy samples would be identical")
+
+    def processors(self) -> LogitsProcessorList:
+        """Built-ins first, then the sampling warpers in transformers' own order."""
+        chain = LogitsProcessorList()
+        if self.repetition_penalty not in (None, 1.0):
+            chain.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.do_sample:
+            if self.temperature != 1.0:
+                chain.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k is not None:
+                chain.append(TopKLogitsWarper(self.top_k))
+            if self.top_p is not None and self.top_p < 1.0:
+                chain.append(TopPLogitsWarper(self.top_p))
+            if self.min_p is not None and self.min_p > 0.0:
+                chain.append(MinPLogitsWarper(self.min_p))
+        return chain
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        return torch.Generator(device=device).manual_seed(self.seed)
+
+
+def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Next tokens (B,) from processed scores (B, V)."""
+    if not do_sample:
+        return scores.argmax(-1)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _whole(key: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserInputError(f"decoding.{key}={value!r} must be a whole number >= {minimum}")
+
+
+def _number(key: str, value: object, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"> {low}" if low_open else f">= {low}"
+        upper = f" and <= {high}" if math.isfinite(high) else ""
+        raise UserInputError(f"decoding.{key}={value!r} must be a number {bound}{upper}")

@@ -1,0 +1,193 @@
+"""The Composer: a base model plus weighted objectives, with generate, stream and score."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from composer.decoding import DecodingConfig, choose
+from composer.objectives import Member, Objective
+from composer.plan import Plan
+from composer.scoring import ContinuationScore, score_continuations
+from composer.session import Composed, Session
+from composer.trace import TokenTrace, trace_row
+from composer.vocab import common_vocab_width
+from composer.weights import WeightOverride, row_weights
+from experts.loading import LoadedModel, ModelSpec, load
+from experts.stream import left_pad
+
+
+@dataclass
+class Completion:
+    prompt: str
+    text: str
+    token_ids: list[int]
+    weights: dict[str, float]
+    finish_reason: str  # "eos", "stop" or "length"
+    trace: list[TokenTrace] | None = None
+
+
+class Composer:
+    """s_base + sum_k w_k(t) * (s_expert_k - s_anti_k), over unique streams loaded and run once each."""
+
+    def __init__(self, base: Member | ModelSpec | str, objectives: Sequence[Objective] = ()) -> None:
+        if isinstance(base, str):
+            base = ModelSpec(base)
+        if isinstance(base, ModelSpec):
+            base = Member(base)
+        self.plan = Plan(base, objectives)
+        self.models = [load(spec) for spec in self.plan.specs]
+        self.tokenizer = self.models[self.plan.base.group].tokenizer
+        self.vocab_width = common_vocab_width([self.models[self.plan.base.group], *self.models])
+        self.eos_ids = _eos_ids(self.models[self.plan.base.group])
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        return self.plan.objectives
+
+    def explain(self) -> str:
+        return self.plan.explain()
+
+    def session(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> Session:
+        table = row_weights(self.objectives, len(prompts), weights)
+        return Session(self.plan, self.models, self.vocab_width, list(prompts), table, max_new_tokens)
+
+    def generate(
+        self,
+        prompts: Sequence[str] | str,
+        config: DecodingConfig | None = None,
+        weights: WeightOverride = None,
+        trace: bool = False,
+    ) -> list[Completion]:
+        """One completion per prompt (``num_return_sequences`` per prompt when sampling), in prompt order."""
+        config = config or DecodingConfig()
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        session = self.session(prompts, weights, config.max_new_tokens)
+        repeats = torch.arange(len(prompts)).repeat_interleave(config.num_return_sequences)
+        prompt_of_row = [prompts[i] for i in repeats.tolist()]
+        tokens: list[list[int]] = [[] for _ in prompt_of_row]
+        traces: list[list[TokenTrace]] = [[] for _ in prompt_of_row]
+        reasons = ["length"] * len(prompt_of_row)
+        for _, chosen, composed in self._decode(session, config, repeats):
+            for row, token in enumerate(chosen.tolist()):
+                if reasons[row] != "length":
+                    continue  # finished rows keep decoding padding-like tokens that are thrown away
+                tokens[row].append(token)
+                if trace:
+                    traces[row].append(self._trace(composed, row, token))
+                reasons[row] = self._finish_reason(token, tokens[row], config)
+            if all(r != "length" for r in reasons):
+                break
+        names = [o.name for o in self.objectives]
+        return [
+            Completion(
+                prompt=prompt_of_row[row],
+                text=self._text(tokens[row], reasons[row], config),
+                token_ids=tokens[row],
+                weights=dict(zip(names, session.row_weights[:, row].tolist(), strict=True)),
+                finish_reason=reasons[row],
+                trace=traces[row] if trace else None,
+            )
+            for row in range(len(prompt_of_row))
+        ]
+
+    def stream(
+        self, prompt: str, config: DecodingConfig | None = None, weights: WeightOverride = None
+    ) -> Iterator[str]:
+        """Text as it is produced, for one prompt."""
+        config = config or DecodingConfig()
+        if config.num_return_sequences != 1:
+            config = DecodingConfig(**{**config.__dict__, "num_return_sequences": 1})
+        session = self.session([prompt], weights, config.max_new_tokens)
+        tokens: list[int] = []
+        shown = ""
+        for _, chosen, _ in self._decode(session, config, torch.zeros(1, dtype=torch.long)):
+            tokens.append(int(chosen[0]))
+            reason = self._finish_reason(tokens[-1], tokens, config)
+            text = self._text(tokens, reason, config)
+            if reason == "length" and text.endswith("\ufffd"):
+                continue  # a multi-byte character is still incomplete
+            if len(text) > len(shown):
+                yield text[len(shown) :]
+                shown = text
+            if reason != "length":
+                return
+
+    def score(
+        self, prompts: Sequence[str], continuations: Sequence[str], weights: WeightOverride = None
+    ) -> list[ContinuationScore]:
+        """log p_composed(continuation | prompt), one uncached forward per unique weights, no decode loop."""
+        return score_continuations(self, list(prompts), list(continuations), weights)
+
+    def _decode(
+        self, session: Session, config: DecodingConfig, repeats: torch.Tensor
+    ) -> Iterator[tuple[int, torch.Tensor, Composed]]:
+        """Yields (step, chosen tokens (B,), composed parts) until max_new_tokens or the caller stops."""
+        composed = session.start()
+        if config.num_return_sequences > 1:
+            session.select(repeats.to(session.device))
+            composed = _select_rows(composed, repeats.to(session.device))
+        history = _base_prompt_ids(session).index_select(0, repeats.to(session.device))
+        processors = config.processors()
+        generator = config.generator(session.device)
+        for step in range(config.max_new_tokens):
+            scores = processors(history, composed.logits[:, -1])
+            chosen = choose(scores, config.do_sample, generator)
+            yield step, chosen, composed
+            if step + 1 == config.max_new_tokens:
+                return
+            history = torch.cat([history, chosen.unsqueeze(1)], dim=1)
+            composed = session.extend(chosen.unsqueeze(1))
+
+    def _finish_reason(self, token: int, tokens: list[int], config: DecodingConfig) -> str:
+        if token in self.eos_ids:
+            return "eos"
+        if config.stop and any(s in self.tokenizer.decode(tokens) for s in config.stop):
+            return "stop"
+        return "length"
+
+    def _text(self, tokens: list[int], reason: str, config: DecodingConfig) -> str:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if reason == "stop":
+            text = text[: min(text.find(s) for s in config.stop if s in text)]
+        return text
+
+    def _trace(self, composed: Composed, row: int, token: int) -> TokenTrace:
+        return trace_row(
+            composed.logits[row, -1],
+            composed.base[row, -1],
+            composed.experts[:, row, -1],
+            composed.antis[:, row, -1],
+            composed.weights[:, row, -1],
+            [o.name for o in self.objectives],
+            token,
+            self.tokenizer.convert_ids_to_tokens(token),
+        )
+
+
+def _select_rows(composed: Composed, index: torch.Tensor) -> Composed:
+    return Composed(
+        composed.logits[index],
+        composed.base[index],
+        composed.experts[:, index],
+        composed.antis[:, index],
+        composed.weights[:, index],
+    )
+
+
+def _base_prompt_ids(session: Session) -> torch.Tensor:
+    """The base's left-padded prompt ids, the history that the repetition penalty looks at."""
+    base = session.plan.base
+    rows = session.rows[base.group][base.format * session.batch : (base.format + 1) * session.batch]
+    ids, _ = left_pad(rows, session.streams[base.group].pad_id, session.device)
+    return ids
+
+
+def _eos_ids(model: LoadedModel) -> set[int]:
+    eos = model.model.generation_config.eos_token_id
+    if eos is None:
+        eos = model.tokenizer.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    return {i for i in ids if i is not None}

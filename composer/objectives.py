@@ -1,0 +1,41 @@
+"""An objective: a named (expert, anti-expert) pair whose logit difference is added with a weight."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from composer.schedules import Constant, Schedule
+from experts.errors import UserInputError
+from experts.loading import ModelSpec
+from experts.prompts import PromptFormat, Raw
+
+
+@dataclass(frozen=True)
+class Member:
+    """A model seen through one prompt format: the unit that runs as one stream."""
+
+    model: ModelSpec
+    format: PromptFormat = field(default_factory=Raw)
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    expert: Member
+    anti: Member
+    weight: float = 1.0
+    schedule: Schedule = field(default_factory=Constant)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise UserInputError(f"objective name {self.name!r} must be letters, digits, '_' or '-'")
+        check_weight(self.name, self.weight)
+
+    def weight_at(self, t: int) -> float:
+        return self.weight * self.schedule(t)
+
+
+def check_weight(name: str, weight: float) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+        raise UserInputError(f"objective {name!r}: weight {weight!r} must be a finite number")

@@ -1,0 +1,117 @@
+"""Weight schedules: a multiplier m(t) of an objective's weight, over the index t of the generated token.
+
+The effective weight at step t is ``weight * schedule(t)``. Each class validates itself on construction so
+that a misconfigured schedule fails when the recipe is built, not halfway through a run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from experts.errors import UserInputError
+
+
+def _finite(owner: str, **values: float) -> None:
+    for key, value in values.items():
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise UserInputError(f"{owner}: {key}={value!r} must be a finite number")
+
+
+def _positive_steps(owner: str, steps: int) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise UserInputError(f"{owner}: steps={steps!r} must be a whole number >= 1")
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: float = 1.0
+
+    def __post_init__(self) -> None:
+        _finite("constant schedule", value=self.value)
+
+    def __call__(self, t: int) -> float:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Linear:
+    """From ``start`` at t=0 to ``end`` at t=steps, then held at ``end``."""
+
+    start: float = 0.0
+    end: float = 1.0
+    steps: int = 32
+
+    def __post_init__(self) -> None:
+        _finite("linear schedule", start=self.start, end=self.end)
+        _positive_steps("linear schedule", self.steps)
+
+    def __call__(self, t: int) -> float:
+        frac = min(t, self.steps) / self.steps
+        return self.start + (self.end - self.start) * frac
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Half-cosine from ``start`` at t=0 to ``end`` at t=steps, then held at ``end``."""
+
+    start: float = 1.0
+    end: float = 0.0
+    steps: int = 32
+
+    def __post_init__(self) -> None:
+        _finite("cosine schedule", start=self.start, end=self.end)
+        _positive_steps("cosine schedule", self.steps)
+
+    def __call__(self, t: int) -> float:
+        frac = min(t, self.steps) / self.steps
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Linear ramp from 0 to ``value`` over ``steps`` tokens, then constant: let the base open the answer."""
+
+    value: float = 1.0
+    steps: int = 8
+
+    def __post_init__(self) -> None:
+        _finite("warmup schedule", value=self.value)
+        _positive_steps("warmup schedule", self.steps)
+
+    def __call__(self, t: int) -> float:
+        return self.value * min(t, self.steps) / self.steps
+
+
+@dataclass(frozen=True)
+class Piecewise:
+    """Step function: ``values[i]`` for ``boundaries[i-1] <= t < boundaries[i]``.
+
+    ``values`` has one more entry than ``boundaries``; e.g. boundaries=[4, 16], values=[0, 1, 0.5].
+    """
+
+    boundaries: tuple[int, ...] = ()
+    values: tuple[float, ...] = field(default=(1.0,))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "boundaries", tuple(self.boundaries))
+        object.__setattr__(self, "values", tuple(self.values))
+        if len(self.values) != len(self.boundaries) + 1:
+            raise UserInputError(
+                f"piecewise schedule: {len(self.boundaries)} boundaries need {len(self.boundaries) + 1} values, "
+                f"got {len(self.values)}"
+            )
+        _finite("piecewise schedule", **{f"values[{i}]": v for i, v in enumerate(self.values)})
+        if any(not isinstance(b, int) or b < 0 for b in self.boundaries) or list(self.boundaries) != sorted(
+            set(self.boundaries)
+        ):
+            raise UserInputError(
+                f"piecewise schedule: boundaries={list(self.boundaries)} must be increasing whole numbers >= 0"
+            )
+
+    def __call__(self, t: int) -> float:
+        index = sum(t >= b for b in self.boundaries)
+        return self.values[index]
+
+
+Schedule = Constant | Linear | Cosine | Warmup | Piecewise

@@ -1,0 +1,114 @@
+"""The core primitive: advance every unique stream by the same tokens and return the composed logits.
+
+The decode loop, the speculative loop, scoring and the transformers wrapper all drive a ``Session``;
+positions, masks, vocabulary slicing and -inf handling live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from composer.combine import combine
+from composer.plan import Plan, Slot
+from experts.errors import UserInputError
+from experts.loading import LoadedModel
+from experts.stream import ModelStream
+
+
+@dataclass(frozen=True)
+class Composed:
+    """Composed logits with the parts they were made of (for traces and speculative drafts).
+
+    logits, base: ``(B, n, V)``; experts, antis: ``(K, B, n, V)``; weights: ``(K, B, n)``.
+    """
+
+    logits: torch.Tensor
+    base: torch.Tensor
+    experts: torch.Tensor
+    antis: torch.Tensor
+    weights: torch.Tensor
+
+
+class Session:
+    """Decoding state for one batch of prompts: one stream per unique weights, one row per (format, prompt)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        models: Sequence[LoadedModel],
+        vocab_width: int,
+        prompts: Sequence[str],
+        row_weights: torch.Tensor,
+        max_new_tokens: int = 0,
+    ) -> None:
+        self.plan = plan
+        self.vocab_width = vocab_width
+        self.row_weights = row_weights  # (K, B)
+        self.batch = len(prompts)
+        self.generated = 0
+        self.streams = [ModelStream(m) for m in models]
+        self.rows = [
+            [fmt.render(p, m.tokenizer) for fmt in formats for p in prompts]
+            for m, formats in zip(models, plan.formats, strict=True)
+        ]
+        for index, prompt in enumerate(prompts):
+            if not prompt:
+                raise UserInputError(f"prompt {index} is empty; give it at least one character")
+        for stream, rows in zip(self.streams, self.rows, strict=True):
+            stream.check_fits([len(r) for r in rows], max_new_tokens)
+        self.device = self.streams[plan.base.group].device
+
+    def start(self) -> Composed:
+        """Prefill all streams; the result predicts generated token 0, shape ``(B, 1, V)``."""
+        self.generated = 0
+        outputs = [s.start(rows).unsqueeze(1) for s, rows in zip(self.streams, self.rows, strict=True)]
+        return self._compose(outputs, first_step=0)
+
+    def extend(self, tokens: torch.Tensor) -> Composed:
+        """Append ``tokens`` (B, n) to every stream; position j predicts generated token ``generated + j``."""
+        first_step = self.generated + 1
+        self.generated += tokens.shape[1]
+        outputs = []
+        for stream, formats in zip(self.streams, self.plan.formats, strict=True):
+            outputs.append(stream.extend(tokens.repeat(len(formats), 1)))
+        return self._compose(outputs, first_step)
+
+    def crop(self, generated: int) -> None:
+        """Roll every stream back to ``generated`` appended tokens (speculative rejection, assisted decoding)."""
+        for stream in self.streams:
+            stream.crop(generated)
+        self.generated = generated
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep, reorder or repeat prompts: ``index`` (B',) picks rows of the current batch."""
+        for stream, formats in zip(self.streams, self.plan.formats, strict=True):
+            offsets = torch.arange(len(formats), device=index.device).unsqueeze(1) * self.batch
+            stream.select((offsets + index).flatten())
+        self.row_weights = self.row_weights[:, index.to(self.row_weights.device)]
+        self.batch = index.shape[0]
+
+    def weights_at(self, first_step: int, n: int) -> torch.Tensor:
+        """Effective weights ``(K, B, n)``: each row's weight times each objective's schedule."""
+        schedule = torch.tensor(
+            [[o.schedule(first_step + j) for j in range(n)] for o in self.plan.objectives],
+            dtype=self.row_weights.dtype,
+        ).reshape(len(self.plan.objectives), 1, n)
+        return self.row_weights.unsqueeze(-1) * schedule.to(self.row_weights.device)
+
+    def _compose(self, outputs: list[torch.Tensor], first_step: int) -> Composed:
+        def view(slot: Slot) -> torch.Tensor:
+            logits = outputs[slot.group]
+            rows = logits[slot.format * self.batch : (slot.format + 1) * self.batch, :, : self.vocab_width]
+            dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+            return rows.to(device=self.device, dtype=dtype)
+
+        base = view(self.plan.base)
+        n = base.shape[1]
+        empty = base.new_empty((0, *base.shape))
+        experts = torch.stack([view(s) for s in self.plan.experts]) if self.plan.experts else empty
+        antis = torch.stack([view(s) for s in self.plan.antis]) if self.plan.antis else empty
+        weights = self.weights_at(first_step, n).to(device=self.device, dtype=base.dtype)
+        return Composed(combine(base, experts, antis, weights), base, experts, antis, weights)

@@ -1,0 +1,33 @@
+"""Per-request weights: each row may carry its own weights, overriding the recipe's by objective name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from composer.objectives import Objective, check_weight
+from experts.errors import UserInputError
+
+WeightOverride = Mapping[str, float] | Sequence[Mapping[str, float]] | None
+
+
+def row_weights(objectives: Sequence[Objective], batch: int, override: WeightOverride) -> torch.Tensor:
+    """A ``(K, batch)`` tensor: the recipe's weights, replaced per row by any names given in ``override``."""
+    if override is None or isinstance(override, Mapping):
+        rows = [override or {}] * batch
+    else:
+        rows = list(override)
+        if len(rows) != batch:
+            raise UserInputError(f"got {len(rows)} weight overrides for {batch} prompts; give one per prompt")
+    known = [o.name for o in objectives]
+    table = torch.empty(len(objectives), batch, dtype=torch.float64)
+    for b, row in enumerate(rows):
+        unknown = sorted(set(row) - set(known))
+        if unknown:
+            raise UserInputError(f"weights name unknown objective(s) {unknown}; this recipe has {known}")
+        for k, objective in enumerate(objectives):
+            value = row.get(objective.name, objective.weight)
+            check_weight(objective.name, value)
+            table[k, b] = value
+    return table

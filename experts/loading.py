@@ -1,0 +1,96 @@
+"""Loading causal LMs and their tokenizers once per unique weight spec."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from experts.errors import UserInputError
+
+_DTYPES = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model's weights come from and how to place them; equal specs share one loaded copy."""
+
+    path: str
+    dtype: str = "float32"
+    device: str | None = None
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path or not isinstance(self.path, str):
+            raise UserInputError(
+                "model path is empty: give a local folder or a hub id such as 'meta-llama/Llama-2-7b-hf'"
+            )
+        if self.dtype not in _DTYPES:
+            raise UserInputError(f"model {self.path!r}: dtype {self.dtype!r} is unknown; use one of {sorted(_DTYPES)}")
+        if self.device is not None and self.device_map is not None:
+            raise UserInputError(f"model {self.path!r}: set either device or device_map, not both")
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").split("/")[-1] or self.path
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    spec: ModelSpec
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def vocab_width(self) -> int:
+        """Width of the logits the model emits (may exceed the tokenizer's length when padded)."""
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def context_window(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+
+def load(spec: ModelSpec) -> LoadedModel:
+    """Load (or reuse) the model and tokenizer for ``spec``; each unique spec is read from disk once."""
+    return _load_cached(spec)
+
+
+@cache
+def _load_cached(spec: ModelSpec) -> LoadedModel:
+    looks_like_path = spec.path.startswith((".", "/", "~")) or spec.path.count("/") > 1
+    if looks_like_path and not os.path.isdir(os.path.expanduser(spec.path)):
+        raise UserInputError(f"model {spec.path!r} not found: no such folder; give an existing folder or a hub id")
+    kwargs: dict = {"trust_remote_code": spec.trust_remote_code, "revision": spec.revision}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.path, dtype=_DTYPES[spec.dtype], device_map=spec.device_map, **kwargs
+        )
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(
+            f"model {spec.path!r} could not be loaded ({first_line}); check the path or hub id, "
+            "and set trust_remote_code only if you trust it"
+        ) from err
+    if spec.device is not None:
+        model = model.to(spec.device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer)

@@ -1,0 +1,116 @@
+"""One model advancing several prompt formats as rows of a single left-padded batch with one KV cache.
+
+Rows are laid out format-major: row ``f * batch + b`` is prompt ``b`` in format ``f``. Running all
+formats of one set of weights as one batch is what makes prompted experts nearly free.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from experts.errors import UserInputError
+from experts.loading import LoadedModel
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (R, L): rows right-aligned so that the next token is at the same column."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens, as transformers' generate() builds them."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class ModelStream:
+    """Cached incremental forward passes of one model over a fixed set of rows."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = loaded.device
+        self.pad_id = loaded.tokenizer.pad_token_id
+        self.mask = torch.empty(0, 0, dtype=torch.long, device=self.device)
+        self.prompt_width = 0
+        self.cache: DynamicCache | None = None
+
+    def check_fits(self, lengths: list[int], extra: int) -> None:
+        window = self.loaded.context_window
+        if window is None:
+            return
+        longest = max(lengths)
+        if longest > window:
+            raise UserInputError(
+                f"a prompt is {longest} tokens but model {self.loaded.spec.name!r} has a context window of "
+                f"{window}; shorten the prompt"
+            )
+        if longest + extra > window:
+            raise UserInputError(
+                f"a prompt of {longest} tokens plus max_new_tokens={extra} exceeds the {window}-token context "
+                f"window of {self.loaded.spec.name!r}; lower max_new_tokens or shorten the prompt"
+            )
+
+    @torch.inference_mode()
+    def start(self, rows: list[list[int]]) -> torch.Tensor:
+        """Prefill ``rows`` into a fresh cache; returns the logits after each row's last token, (R, V)."""
+        ids, self.mask = left_pad(rows, self.pad_id, self.device)
+        self.prompt_width = ids.shape[1]
+        self.cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=positions_from_mask(self.mask),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens`` (R, n) to every row; returns the logits after each of them, (R, n, V)."""
+        tokens = tokens.to(self.device)
+        first = self.mask.sum(-1, keepdim=True)
+        positions = first + torch.arange(tokens.shape[1], device=self.device)
+        self.mask = torch.cat([self.mask, torch.ones_like(tokens)], dim=1)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.logits
+
+    def crop(self, generated: int) -> None:
+        """Forget everything after the first ``generated`` tokens appended since the prompt."""
+        width = self.prompt_width + generated
+        self.cache.crop(width)
+        self.mask = self.mask[:, :width]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep, reorder or repeat rows (beam reordering, several samples per prompt, dropping rows)."""
+        rows = rows.to(self.device)
+        self.cache.reorder_cache(rows)
+        self.mask = self.mask.index_select(0, rows)
+
+    @torch.inference_mode()
+    def tail_logits(self, rows: list[list[int]], keep: int) -> torch.Tensor:
+        """Uncached forward over whole rows, for scoring: logits at the last ``keep`` positions, (R, keep, V)."""
+        ids, mask = left_pad(rows, self.pad_id, self.device)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask),
+            use_cache=False,
+            logits_to_keep=keep,
+        )
+        return out.logits
