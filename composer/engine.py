@@ -11,7 +11,7 @@ from composer.decoding import DecodingConfig, choose
 from composer.objectives import Member, Objective
 from composer.plan import Plan
 from composer.scoring import ContinuationScore, score_continuations
-from composer.session import Composed, Session
+from composer.session import Composed, Session, render_rows
 from composer.trace import TokenTrace, trace_row
 from composer.vocab import common_vocab_width
 from composer.weights import WeightOverride, row_weights
@@ -52,7 +52,8 @@ class Composer:
 
     def session(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> Session:
         table = row_weights(self.objectives, len(prompts), weights)
-        return Session(self.plan, self.models, self.vocab_width, list(prompts), table, max_new_tokens)
+        rows = render_rows(self.plan, self.models, prompts)
+        return Session(self.plan, self.models, self.vocab_width, rows, table, max_new_tokens)
 
     def generate(
         self,

@@ -15,6 +15,7 @@ from composer.combine import combine
 from composer.plan import Plan, Slot
 from experts.errors import UserInputError
 from experts.loading import LoadedModel
+from experts.prompts import Raw
 from experts.stream import ModelStream
 
 
@@ -32,6 +33,29 @@ class Composed:
     weights: torch.Tensor
 
 
+def render_rows(
+    plan: Plan, models: Sequence[LoadedModel], prompts: Sequence[str], raw_ids: Sequence[list[int]] | None = None
+) -> list[list[list[int]]]:
+    """Per group, the token rows of every (format, prompt), format-major: row ``f * B + b``.
+
+    ``raw_ids``, when given, are used as is for Raw formats, so that callers holding token ids (the
+    transformers wrapper) are not subject to a decode/encode round trip.
+    """
+    for index, prompt in enumerate(prompts):
+        if not prompt:
+            raise UserInputError(f"prompt {index} is empty; give it at least one character")
+    rows = []
+    for model, formats in zip(models, plan.formats, strict=True):
+        group = []
+        for fmt in formats:
+            if raw_ids is not None and isinstance(fmt, Raw):
+                group += [list(ids) for ids in raw_ids]
+            else:
+                group += [fmt.render(p, model.tokenizer) for p in prompts]
+        rows.append(group)
+    return rows
+
+
 class Session:
     """Decoding state for one batch of prompts: one stream per unique weights, one row per (format, prompt)."""
 
@@ -40,25 +64,20 @@ class Session:
         plan: Plan,
         models: Sequence[LoadedModel],
         vocab_width: int,
-        prompts: Sequence[str],
+        rows: list[list[list[int]]],
         row_weights: torch.Tensor,
         max_new_tokens: int = 0,
     ) -> None:
+        """``rows[g]`` holds group g's token rows, format-major (see ``render_rows``); row_weights is (K, B)."""
         self.plan = plan
         self.vocab_width = vocab_width
-        self.row_weights = row_weights  # (K, B)
-        self.batch = len(prompts)
+        self.row_weights = row_weights
+        self.batch = row_weights.shape[1]
         self.generated = 0
         self.streams = [ModelStream(m) for m in models]
-        self.rows = [
-            [fmt.render(p, m.tokenizer) for fmt in formats for p in prompts]
-            for m, formats in zip(models, plan.formats, strict=True)
-        ]
-        for index, prompt in enumerate(prompts):
-            if not prompt:
-                raise UserInputError(f"prompt {index} is empty; give it at least one character")
-        for stream, rows in zip(self.streams, self.rows, strict=True):
-            stream.check_fits([len(r) for r in rows], max_new_tokens)
+        self.rows = rows
+        for stream, group_rows in zip(self.streams, self.rows, strict=True):
+            stream.check_fits([len(r) for r in group_rows], max_new_tokens)
         self.device = self.streams[plan.base.group].device
 
     def start(self) -> Composed:
