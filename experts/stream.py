@@ -93,8 +93,10 @@ class ModelStream:
     def crop(self, generated: int) -> None:
         """Forget everything after the first ``generated`` tokens appended since the prompt."""
         width = self.prompt_width + generated
-        self.cache.crop(width)
-        self.mask = self.mask[:, :width]
+        surplus = self.mask.shape[1] - width
+        if surplus > 0:
+            self.cache.crop(-surplus)  # transformers 5 counts tokens to remove, as a negative number
+            self.mask = self.mask[:, :width]
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep, reorder or repeat rows (beam reordering, several samples per prompt, dropping rows)."""

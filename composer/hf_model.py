@@ -1,0 +1,172 @@
+"""The composition as a transformers model, so stock ``generate()`` and lm-eval's ``HFLM`` run on it.
+
+``forward`` is the session primitive: the first call (empty cache) prefills every stream, later calls
+append tokens. The composite cache is the session: generate() crops it (assisted decoding), reorders it
+(beam search) and reads its length without knowing that it holds one cache per unique set of weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from composer.combine import combine
+from composer.engine import Composer
+from composer.schedules import Constant
+from composer.session import Session, render_rows
+from composer.weights import row_weights
+from experts.errors import UserInputError
+from experts.prompts import Raw
+from experts.stream import ModelStream
+
+
+class CompositeCache(Cache):
+    """One session's member caches behind transformers' Cache interface, counted in base-prompt positions."""
+
+    is_compileable = False
+
+    def __init__(self) -> None:
+        super().__init__(layers=[])
+        self.session: Session | None = None
+        self.prompt_width = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self.session is None else self.prompt_width + self.session.generated
+
+    def crop(self, max_length: int) -> None:
+        """Keep ``max_length`` positions; zero or less removes that many, as transformers 5 calls it."""
+        if max_length <= 0:
+            max_length = self.get_seq_length() + max_length
+        self.session.crop(max_length - self.prompt_width)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.session.select(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.session.select(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.session.select(torch.arange(self.session.batch).repeat_interleave(repeats))
+
+    def activate_past_recording(self) -> None:
+        """Members keep full (non-sliding) caches, so there is nothing to record."""
+
+
+class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
+    """A ``Composer`` that transformers treats as a causal LM with the base's config and vocabulary.
+
+    Per-row weights: pass ``steering_weights`` (B, K) to ``generate()``; schedules count generated tokens
+    from the first forward. An uncached forward over whole sequences (lm-eval's loglikelihood) composes
+    every position with the weights of step 0.
+    """
+
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _is_stateful = False
+
+    def __init__(self, composer: Composer) -> None:
+        base = composer.models[composer.plan.base.group]
+        super().__init__(copy.deepcopy(base.model.config))
+        self.composer = composer
+        self.generation_config = copy.deepcopy(base.model.generation_config)
+        self._anchor = torch.nn.Parameter(torch.empty(0, device=base.device), requires_grad=False)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.composer.models[self.composer.plan.base.group].model.get_input_embeddings()
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:  # noqa: ANN001
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            model_kwargs["past_key_values"] = CompositeCache()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: CompositeCache | None = None,
+        steering_weights: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        use_cache: bool | None = None,
+        **_: object,
+    ) -> CausalLMOutputWithPast:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if past_key_values is not None and not isinstance(past_key_values, CompositeCache):
+            raise UserInputError("ComposedForCausalLM needs its own cache; do not pass past_key_values from a member")
+        if past_key_values is None:
+            logits = self._compose_every_position(input_ids, attention_mask, steering_weights)
+        elif past_key_values.session is None:
+            logits = self._start_session(past_key_values, input_ids, attention_mask, steering_weights, logits_to_keep)
+        else:
+            logits = past_key_values.session.extend(input_ids).logits
+        return CausalLMOutputWithPast(logits=self._full_width(logits), past_key_values=past_key_values)
+
+    def _weights(self, batch: int, steering_weights: torch.Tensor | None) -> torch.Tensor:
+        if steering_weights is None:
+            return row_weights(self.composer.objectives, batch, None)
+        names = [o.name for o in self.composer.objectives]
+        rows = [dict(zip(names, row, strict=True)) for row in steering_weights.tolist()]
+        return row_weights(self.composer.objectives, batch, rows)
+
+    def _rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[list[str], list[list[int]]]:
+        ids = [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
+        texts = self.composer.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [t or " " for t in texts], ids
+
+    def _start_session(
+        self, cache: CompositeCache, ids: torch.Tensor, mask: torch.Tensor, steering: torch.Tensor | None, keep: int
+    ) -> torch.Tensor:
+        """Prefill the prompt; the last ``keep - 1`` tokens are drafted candidates (assisted decoding's first
+        call), appended as generated tokens so that their logits and schedule steps are those of decoding."""
+        drafted = max(keep, 1) - 1
+        prompt_ids, prompt_mask = ids[:, : ids.shape[1] - drafted], mask[:, : ids.shape[1] - drafted]
+        composer = self.composer
+        texts, rows_ids = self._rows(prompt_ids, prompt_mask)
+        rows = render_rows(composer.plan, composer.models, texts, raw_ids=rows_ids)
+        weights = self._weights(len(rows_ids), steering)
+        cache.session = Session(composer.plan, composer.models, composer.vocab_width, rows, weights)
+        cache.prompt_width = prompt_ids.shape[1]
+        logits = cache.session.start().logits
+        if drafted:
+            logits = torch.cat([logits, cache.session.extend(ids[:, -drafted:]).logits], dim=1)
+        return logits
+
+    def _compose_every_position(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, steering: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Every position composed at once (no decode loop), as lm-eval's loglikelihood asks.
+
+        Without a cache there is no boundary between prompt and continuation, so per-member prompt formats
+        and schedules cannot be placed; those recipes are refused rather than composed wrongly.
+        """
+        composer, plan = self.composer, self.composer.plan
+        if any(not isinstance(f, Raw) for formats in plan.formats for f in formats):
+            raise UserInputError(
+                "an uncached forward cannot apply chat or template formats; use Composer.score, the 'composer' "
+                "lm-eval model, or generate() with its cache"
+            )
+        if any(not isinstance(o.schedule, Constant) for o in plan.objectives):
+            raise UserInputError("an uncached forward cannot place schedule steps; use generate() with its cache")
+        _, ids = self._rows(input_ids, mask)
+        batch, width = input_ids.shape
+        outputs = [
+            ModelStream(model).tail_logits(ids, width)[..., : composer.vocab_width].float() for model in composer.models
+        ]
+        base = outputs[plan.base.group]
+        experts = torch.stack([outputs[s.group] for s in plan.experts]) if plan.experts else base.new_empty(0)
+        antis = torch.stack([outputs[s.group] for s in plan.antis]) if plan.antis else base.new_empty(0)
+        weights = self._weights(batch, steering).to(base) * torch.tensor([o.schedule(0) for o in plan.objectives]).to(
+            base
+        ).unsqueeze(1)
+        return combine(base, experts, antis, weights.unsqueeze(-1).expand(-1, -1, width))
+
+    def _full_width(self, logits: torch.Tensor) -> torch.Tensor:
+        """Pad the shared vocabulary back to the base's logit width, so shapes match the base model."""
+        missing = self.config.vocab_size - logits.shape[-1]
+        if missing <= 0:
+            return logits
+        return torch.nn.functional.pad(logits, (0, missing), value=float("-inf"))

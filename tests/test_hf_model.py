@@ -1,0 +1,104 @@
+"""Stock transformers generate() and lm-eval's HFLM on the composed model give the composed distribution."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from composer import Chat, Composer, DecodingConfig, Linear, Member, ModelSpec, Objective, UserInputError
+from composer.hf_model import ComposedForCausalLM
+
+
+def raw_objectives(tiny: dict) -> list[Objective]:
+    return [
+        Objective("a", Member(ModelSpec(tiny["expert_a"])), Member(ModelSpec(tiny["anti"]))),
+        Objective("b", Member(ModelSpec(tiny["padded"])), Member(ModelSpec(tiny["anti"])), weight=-0.5),
+    ]
+
+
+@pytest.fixture(scope="module")
+def chat_composer(tiny) -> Composer:
+    objectives = [
+        Objective("a", Member(ModelSpec(tiny["expert_a"]), Chat(system="be kind")), Member(ModelSpec(tiny["anti"]))),
+        Objective("b", Member(ModelSpec(tiny["expert_b"])), Member(ModelSpec(tiny["anti"])), schedule=Linear(1, 0, 4)),
+    ]
+    return Composer(tiny["base"], objectives)
+
+
+def encode(composer: Composer, prompts: list[str]) -> dict:
+    composer.tokenizer.padding_side = "left"
+    return composer.tokenizer(prompts, return_tensors="pt", padding=True)
+
+
+def new_tokens(out: torch.Tensor, inputs: dict) -> list[list[int]]:
+    return out[:, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_stock_greedy_generate_equals_composer(chat_composer):
+    prompts = ["the cat sat on", "hello"]
+    inputs = encode(chat_composer, prompts)
+    model = ComposedForCausalLM(chat_composer)
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    expected = [c.token_ids for c in chat_composer.generate(prompts, DecodingConfig(max_new_tokens=8))]
+    assert new_tokens(out, inputs) == expected
+
+
+def test_per_row_steering_weights(chat_composer):
+    inputs = encode(chat_composer, ["the cat", "the cat"])
+    model = ComposedForCausalLM(chat_composer)
+    rows = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    out = model.generate(
+        **inputs, steering_weights=rows, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None
+    )
+    config = DecodingConfig(max_new_tokens=6)
+    expected = chat_composer.generate(["the cat"] * 2, config, weights=[{"a": 2.0, "b": 0.0}, {"a": 0.0, "b": 1.0}])
+    assert new_tokens(out, inputs) == [c.token_ids for c in expected]
+
+
+def test_seeded_sampling_is_reproducible(chat_composer):
+    inputs = encode(chat_composer, ["the cat"])
+    model = ComposedForCausalLM(chat_composer)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(model.generate(**inputs, max_new_tokens=6, do_sample=True, top_k=5, pad_token_id=0).tolist())
+    assert runs[0] == runs[1]
+
+
+def test_beam_search_cached_equals_uncached(tiny):
+    composer = Composer(tiny["base"], raw_objectives(tiny))
+    inputs = encode(composer, ["the cat sat", "hello world please help"])
+    model = ComposedForCausalLM(composer)
+    common = dict(max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0, eos_token_id=None)
+    cached = model.generate(**inputs, **common)
+    uncached = model.generate(**inputs, use_cache=False, **common)
+    assert cached.tolist() == uncached.tolist()
+
+
+def test_assisted_decoding_with_a_small_draft_keeps_greedy_tokens(chat_composer, tiny):
+    inputs = encode(chat_composer, ["the cat sat on"])
+    model = ComposedForCausalLM(chat_composer)
+    draft = AutoModelForCausalLM.from_pretrained(tiny["expert_b"])
+    common = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assisted = model.generate(**inputs, assistant_model=draft, **common)
+    assert assisted.tolist() == model.generate(**inputs, **common).tolist()
+
+
+def test_uncached_forward_refuses_what_it_cannot_compose(chat_composer):
+    model = ComposedForCausalLM(chat_composer)
+    with pytest.raises(UserInputError, match="uncached forward"):
+        model(**encode(chat_composer, ["the cat"]))
+
+
+def test_lm_eval_hflm_scores_like_the_composer(tiny):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    composer = Composer(tiny["base"], raw_objectives(tiny))
+    lm = HFLM(pretrained=ComposedForCausalLM(composer), tokenizer=composer.tokenizer, batch_size=2)
+    pairs = [("the cat sat", " on the mat"), ("hello world", " please help me")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    got = [logprob for logprob, _ in lm.loglikelihood(requests)]
+    expected = composer.score([p for p, _ in pairs], [c for _, c in pairs])
+    assert got == pytest.approx([s.logprob for s in expected], abs=1e-3)
+    until = Instance("generate_until", {}, ("the cat", {"until": ["zzz"], "max_gen_toks": 5}), 0)
+    assert isinstance(lm.generate_until([until])[0], str)
