@@ -78,9 +78,10 @@ def test_zero_weights_are_the_base_generate(tiny):
 
 def test_one_pair_is_the_papers_formula(tiny):
     """Proxy-tuning (Liu et al. 2024): base + (expert - anti), expert logits sliced to the base's vocabulary."""
-    composer = Composer(member(tiny["base"], dtype="float64"), [
-        Objective("tuned", member(tiny["padded"], dtype="float64"), member(tiny["anti"], dtype="float64"))
-    ])
+    composer = Composer(
+        member(tiny["base"], dtype="float64"),
+        [Objective("tuned", member(tiny["padded"], dtype="float64"), member(tiny["anti"], dtype="float64"))],
+    )
     _, logits = collect_logits(composer, ["the cat"], steps=1)
     tokenizer = AutoTokenizer.from_pretrained(tiny["base"])
     ids = tokenizer("the cat", return_tensors="pt")["input_ids"]

@@ -1,0 +1,117 @@
+"""Every user mistake gets a one-line error that says what to change."""
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from composer import (
+    Composer,
+    Cosine,
+    DecodingConfig,
+    Linear,
+    Member,
+    ModelSpec,
+    Objective,
+    Piecewise,
+    Template,
+    UserInputError,
+    Warmup,
+)
+
+
+def pair(tiny: dict, name: str = "s", **kwargs) -> Objective:
+    return Objective(name, Member(ModelSpec(tiny["expert_a"])), Member(ModelSpec(tiny["anti"])), **kwargs)
+
+
+@contextmanager
+def one_line_error(match: str) -> Iterator[None]:
+    with pytest.raises(UserInputError, match=match) as info:
+        yield
+    assert "\n" not in str(info.value)
+
+
+def test_empty_prompt(tiny):
+    with one_line_error("prompt 1 is empty"):
+        Composer(tiny["base"], [pair(tiny)]).generate(["ok", ""])
+
+
+def test_prompt_longer_than_the_context_window(tiny):
+    composer = Composer(tiny["short"])
+    with one_line_error("context window of 16; shorten the prompt"):
+        composer.generate("the cat " * 20)
+    with one_line_error("lower max_new_tokens"):
+        composer.generate("the cat", DecodingConfig(max_new_tokens=40))
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("/no/such/folder", "not found: no such folder"), ("nobody/no-such-model", "could not be loaded")],
+)
+def test_unknown_model_path(path, message):
+    with one_line_error(message):
+        Composer(path)
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf, "1.0", True])
+def test_bad_weight(tiny, weight):
+    with one_line_error("must be a finite number"):
+        pair(tiny, weight=weight)
+
+
+def test_bad_per_row_weights(tiny):
+    composer = Composer(tiny["base"], [pair(tiny)])
+    with one_line_error("must be a finite number"):
+        composer.generate("the cat", weights={"s": math.nan})
+    with one_line_error(r"unknown objective\(s\) \['code'\]; this recipe has \['s'\]"):
+        composer.generate("the cat", weights={"code": 1.0})
+    with one_line_error("give one per prompt"):
+        composer.generate(["a", "b"], weights=[{"s": 1.0}])
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Linear(steps=0), "steps=0 must be a whole number >= 1"),
+        (lambda: Cosine(start=math.nan), "start=nan must be a finite number"),
+        (lambda: Warmup(steps=2.5), "steps=2.5"),
+        (lambda: Piecewise(boundaries=(4,), values=(1.0,)), "1 boundaries need 2 values"),
+        (lambda: Piecewise(boundaries=(8, 4), values=(1, 2, 3)), "must be increasing"),
+    ],
+)
+def test_misconfigured_schedule(build, message):
+    with one_line_error(message):
+        build()
+
+
+def test_foreign_tokenizer_names_both_models_and_the_token(tiny):
+    objective = Objective("f", Member(ModelSpec(tiny["foreign"])), Member(ModelSpec(tiny["anti"])))
+    with one_line_error(r"different tokenizers: token 9 is 'cat' in one and 'dog' in the other"):
+        Composer(tiny["base"], [objective])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": 0.0}, "temperature=0.0 must be a number > 0.0"),
+        ({"top_p": 1.5}, "top_p=1.5"),
+        ({"max_new_tokens": 0}, "max_new_tokens=0"),
+        ({"num_return_sequences": 3}, "needs do_sample=true"),
+        ({"stop": [""]}, "non-empty strings"),
+    ],
+)
+def test_bad_decoding_settings(kwargs, message):
+    with one_line_error(message):
+        DecodingConfig(**kwargs)
+
+
+def test_other_mistakes(tiny):
+    with one_line_error("more than once"):
+        Composer(tiny["base"], [pair(tiny), pair(tiny)])
+    with one_line_error("has no '{prompt}' field"):
+        Template("Question:")
+    with one_line_error("dtype 'fp13' is unknown"):
+        ModelSpec(tiny["base"], dtype="fp13")
+    with one_line_error("objective name"):
+        pair(tiny, name="bad name!")

@@ -1,0 +1,79 @@
+"""Decoding features: sampling, seeds, several samples, stop strings, EOS, penalties, streaming."""
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from composer import Composer, DecodingConfig, Member, ModelSpec, Objective
+
+
+def steered(tiny: dict) -> Composer:
+    objectives = [Objective("s", Member(ModelSpec(tiny["expert_a"])), Member(ModelSpec(tiny["anti"])))]
+    return Composer(tiny["base"], objectives)
+
+
+def test_seeded_sampling_repeats_and_samples_differ(tiny):
+    composer = steered(tiny)
+    config = DecodingConfig(max_new_tokens=12, do_sample=True, temperature=1.5, seed=7, num_return_sequences=4)
+    first = composer.generate(["the cat", "hello"], config)
+    again = composer.generate(["the cat", "hello"], config)
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    assert [c.prompt for c in first] == ["the cat"] * 4 + ["hello"] * 4
+    assert len({tuple(c.token_ids) for c in first[:4]}) > 1
+
+
+def test_top_k_one_sampling_is_greedy(tiny):
+    composer = steered(tiny)
+    greedy = composer.generate("the cat", DecodingConfig(max_new_tokens=10))
+    sampled = composer.generate("the cat", DecodingConfig(max_new_tokens=10, do_sample=True, top_k=1, seed=3))
+    assert greedy[0].token_ids == sampled[0].token_ids
+
+
+def test_repetition_penalty_matches_transformers(tiny):
+    tokenizer = AutoTokenizer.from_pretrained(tiny["base"])
+    ids = tokenizer("the cat sat", return_tensors="pt")
+    base = AutoModelForCausalLM.from_pretrained(tiny["base"])
+    hf = base.generate(**ids, max_new_tokens=10, do_sample=False, repetition_penalty=1.8, eos_token_id=None)
+    ours = Composer(tiny["base"]).generate("the cat sat", DecodingConfig(max_new_tokens=10, repetition_penalty=1.8))
+    assert ours[0].token_ids == hf[0, ids["input_ids"].shape[1] :].tolist()[: len(ours[0].token_ids)]
+
+
+def test_stop_strings_cut_the_text_and_rows_finish_separately(tiny):
+    composer = steered(tiny)
+    free = composer.generate(["the cat", "hello"], DecodingConfig(max_new_tokens=12))
+    words = free[0].text.split()
+    stop = words[3]
+    stopped = composer.generate(["the cat", "hello"], DecodingConfig(max_new_tokens=12, stop=(stop,)))
+    assert stopped[0].finish_reason == "stop"
+    assert stop not in stopped[0].text and free[0].text.startswith(stopped[0].text)
+    assert len(stopped[0].token_ids) <= 4
+    if stop not in free[1].text:
+        assert stopped[1].token_ids == free[1].token_ids
+
+
+def test_eos_ends_a_row(tiny):
+    composer = steered(tiny)
+    config = DecodingConfig(max_new_tokens=6)
+    tokens = composer.generate("the cat", config)[0].token_ids
+    last = max(i for i, t in enumerate(tokens) if t not in tokens[:i])
+    composer.eos_ids = {tokens[last]}  # pretend a later greedy token is the end of sequence
+    out = composer.generate("the cat", config)[0]
+    assert out.finish_reason == "eos" and out.token_ids == tokens[: last + 1]
+
+
+def test_stream_yields_the_generated_text(tiny):
+    composer = steered(tiny)
+    config = DecodingConfig(max_new_tokens=10)
+    pieces = list(composer.stream("the cat", config))
+    assert len(pieces) > 1
+    assert "".join(pieces) == composer.generate("the cat", config)[0].text
+
+
+def test_sampling_follows_the_composed_distribution(tiny):
+    """The first sampled token's frequencies match softmax(composed logits / T)."""
+    composer = steered(tiny)
+    probs = torch.softmax(composer.session(["the cat"]).start().logits[0, -1] / 2.0, -1)
+    config = DecodingConfig(max_new_tokens=1, do_sample=True, temperature=2.0, seed=0, num_return_sequences=400)
+    draws = [c.token_ids[0] for c in composer.generate(["the cat"], config)]
+    counts = torch.bincount(torch.tensor(draws), minlength=probs.shape[0]).double()
+    likely = probs > 0.05
+    assert torch.allclose(counts[likely] / 400, probs[likely].double(), atol=0.08)
