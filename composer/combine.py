@@ -13,7 +13,8 @@ def combine(base: torch.Tensor, experts: torch.Tensor, antis: torch.Tensor, weig
 
     Masked logits (-inf) never produce NaN: a token is masked in the result when the base masks it, or when
     an objective with a non-zero weight masks it on either side (its difference is then undefined). A row
-    in which that would mask every token falls back to the base. Inputs are not modified.
+    in which that would mask every token falls back to the base. Huge weights saturate at the dtype's
+    largest value rather than overflow. Inputs are not modified.
     """
     if experts.shape[0] == 0:
         return base.clone()
@@ -21,7 +22,8 @@ def combine(base: torch.Tensor, experts: torch.Tensor, antis: torch.Tensor, weig
     finite = torch.isfinite(experts) & torch.isfinite(antis)  # (K, *lead, V)
     delta = torch.where(finite, experts - antis, 0.0)
     steered = base + einsum(weights.to(delta.dtype), delta, "k ..., k ... v -> ... v")
-    masked = (~finite & active).any(0) | ~torch.isfinite(base)
-    composed = steered.masked_fill(masked, float("-inf"))
+    masked = (~finite & active).any(0) | ~torch.isfinite(base) | torch.isnan(steered)
+    top = torch.finfo(steered.dtype).max  # huge weights saturate instead of overflowing to inf (and NaN)
+    composed = steered.clamp(-top, top).masked_fill(masked, float("-inf"))
     nothing_left = masked.all(-1, keepdim=True)
     return torch.where(nothing_left, base, composed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,6 +15,7 @@ from composer.session import Composed, Session, render_rows
 from composer.trace import TokenTrace, trace_row
 from composer.vocab import common_vocab_width
 from composer.weights import WeightOverride, row_weights
+from experts.errors import UserInputError
 from experts.loading import LoadedModel, ModelSpec, load
 from experts.stream import left_pad
 
@@ -27,17 +28,30 @@ class Completion:
     weights: dict[str, float]
     finish_reason: str  # "eos", "stop" or "length"
     trace: list[TokenTrace] | None = None
+    guards_overridden: list[str] = field(default_factory=list)
 
 
 class Composer:
     """s_base + sum_k w_k(t) * (s_expert_k - s_anti_k), over unique streams loaded and run once each."""
 
-    def __init__(self, base: Member | ModelSpec | str, objectives: Sequence[Objective] = ()) -> None:
+    def __init__(
+        self,
+        base: Member | ModelSpec | str,
+        objectives: Sequence[Objective] = (),
+        override_guards: Sequence[str] = (),
+    ) -> None:
+        """``override_guards`` names objectives whose weight guards (bounds, protected) may be broken; the
+        override is recorded in every completion."""
         if isinstance(base, str):
             base = ModelSpec(base)
         if isinstance(base, ModelSpec):
             base = Member(base)
         self.plan = Plan(base, objectives)
+        unknown = sorted(set(override_guards) - {o.name for o in objectives})
+        if unknown:
+            raise UserInputError(f"override_guards names unknown objective(s) {unknown}")
+        self.override_guards = tuple(override_guards)
+        self.guard_notes = row_weights(self.plan.objectives, 1, None, self.override_guards)[1]
         self.models = [load(spec) for spec in self.plan.specs]
         self.tokenizer = self.models[self.plan.base.group].tokenizer
         self.vocab_width = common_vocab_width([self.models[self.plan.base.group], *self.models])
@@ -51,9 +65,15 @@ class Composer:
         return self.plan.explain()
 
     def session(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> Session:
-        table = row_weights(self.objectives, len(prompts), weights)
+        """Decoding state for a batch: the primitive that every decoding loop drives."""
+        return self._session(prompts, weights, max_new_tokens)[0]
+
+    def _session(
+        self, prompts: Sequence[str], weights: WeightOverride, max_new_tokens: int
+    ) -> tuple[Session, list[str]]:
+        table, guard_notes = row_weights(self.objectives, len(prompts), weights, self.override_guards)
         rows = render_rows(self.plan, self.models, prompts)
-        return Session(self.plan, self.models, self.vocab_width, rows, table, max_new_tokens)
+        return Session(self.plan, self.models, self.vocab_width, rows, table, max_new_tokens), guard_notes
 
     def generate(
         self,
@@ -65,7 +85,7 @@ class Composer:
         """One completion per prompt (``num_return_sequences`` per prompt when sampling), in prompt order."""
         config = config or DecodingConfig()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        session = self.session(prompts, weights, config.max_new_tokens)
+        session, guard_notes = self._session(prompts, weights, config.max_new_tokens)
         repeats = torch.arange(len(prompts)).repeat_interleave(config.num_return_sequences)
         prompt_of_row = [prompts[i] for i in repeats.tolist()]
         tokens: list[list[int]] = [[] for _ in prompt_of_row]
@@ -90,6 +110,7 @@ class Composer:
                 weights=dict(zip(names, session.row_weights[:, row].tolist(), strict=True)),
                 finish_reason=reasons[row],
                 trace=traces[row] if trace else None,
+                guards_overridden=list(guard_notes),
             )
             for row in range(len(prompt_of_row))
         ]

@@ -106,11 +106,11 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(logits=self._full_width(logits), past_key_values=past_key_values)
 
     def _weights(self, batch: int, steering_weights: torch.Tensor | None) -> torch.Tensor:
-        if steering_weights is None:
-            return row_weights(self.composer.objectives, batch, None)
         names = [o.name for o in self.composer.objectives]
-        rows = [dict(zip(names, row, strict=True)) for row in steering_weights.tolist()]
-        return row_weights(self.composer.objectives, batch, rows)
+        rows = (
+            None if steering_weights is None else [dict(zip(names, r, strict=True)) for r in steering_weights.tolist()]
+        )
+        return row_weights(self.composer.objectives, batch, rows, self.composer.override_guards)[0]
 
     def _rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[list[str], list[list[int]]]:
         ids = [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]

@@ -26,11 +26,20 @@ class Objective:
     anti: Member
     weight: float = 1.0
     schedule: Schedule = field(default_factory=Constant)
+    bounds: tuple[float | None, float | None] | None = None  # allowed range of weight * schedule(t)
+    protected: bool = False  # refuse negative effective weights unless overridden
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise UserInputError(f"objective name {self.name!r} must be letters, digits, '_' or '-'")
         check_weight(self.name, self.weight)
+        if self.bounds is not None:
+            object.__setattr__(self, "bounds", tuple(self.bounds))
+            lo, hi = self.bounds
+            for value in (v for v in self.bounds if v is not None):
+                check_weight(f"{self.name}.bounds", value)
+            if lo is not None and hi is not None and lo > hi:
+                raise UserInputError(f"objective {self.name!r}: bounds [{lo}, {hi}] are reversed; put the lower first")
 
     def weight_at(self, t: int) -> float:
         return self.weight * self.schedule(t)

@@ -1,7 +1,8 @@
 """Weight schedules: a multiplier m(t) of an objective's weight, over the index t of the generated token.
 
 The effective weight at step t is ``weight * schedule(t)``. Each class validates itself on construction so
-that a misconfigured schedule fails when the recipe is built, not halfway through a run.
+that a misconfigured schedule fails when the recipe is built, not halfway through a run, and reports the
+range of its values so that weight guards can be checked for every step before decoding starts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Constant:
     def __call__(self, t: int) -> float:
         return self.value
 
+    def range(self) -> tuple[float, float]:
+        return (self.value, self.value)
+
 
 @dataclass(frozen=True)
 class Linear:
@@ -49,6 +53,9 @@ class Linear:
     def __call__(self, t: int) -> float:
         frac = min(t, self.steps) / self.steps
         return self.start + (self.end - self.start) * frac
+
+    def range(self) -> tuple[float, float]:
+        return (min(self.start, self.end), max(self.start, self.end))
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,9 @@ class Cosine:
         frac = min(t, self.steps) / self.steps
         return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
+    def range(self) -> tuple[float, float]:
+        return (min(self.start, self.end), max(self.start, self.end))
+
 
 @dataclass(frozen=True)
 class Warmup:
@@ -81,6 +91,9 @@ class Warmup:
 
     def __call__(self, t: int) -> float:
         return self.value * min(t, self.steps) / self.steps
+
+    def range(self) -> tuple[float, float]:
+        return (min(0.0, self.value), max(0.0, self.value))
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,9 @@ class Piecewise:
     def __call__(self, t: int) -> float:
         index = sum(t >= b for b in self.boundaries)
         return self.values[index]
+
+    def range(self) -> tuple[float, float]:
+        return (min(self.values), max(self.values))
 
 
 Schedule = Constant | Linear | Cosine | Warmup | Piecewise

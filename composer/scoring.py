@@ -32,7 +32,7 @@ def score_continuations(
     for index, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
         if not prompt or not continuation:
             raise UserInputError(f"pair {index} has an empty prompt or continuation; both need text")
-    table = row_weights(composer.objectives, len(prompts), weights)
+    table, _ = row_weights(composer.objectives, len(prompts), weights, composer.override_guards)
     targets = [composer.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
     slots = _slot_logits(composer, prompts, targets)
     plan = composer.plan

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 
+from composer.guards import check_guards
 from composer.objectives import Objective, check_weight
 from experts.errors import UserInputError
 
 WeightOverride = Mapping[str, float] | Sequence[Mapping[str, float]] | None
 
 
-def row_weights(objectives: Sequence[Objective], batch: int, override: WeightOverride) -> torch.Tensor:
-    """A ``(K, batch)`` tensor: the recipe's weights, replaced per row by any names given in ``override``."""
+def row_weights(
+    objectives: Sequence[Objective], batch: int, override: WeightOverride, overridden_guards: Collection[str] = ()
+) -> tuple[torch.Tensor, list[str]]:
+    """A ``(K, batch)`` tensor: the recipe's weights, replaced per row by any names given in ``override``;
+    and the notes of guards that an explicit override let pass (guards that fail otherwise raise)."""
     if override is None or isinstance(override, Mapping):
         rows = [override or {}] * batch
     else:
@@ -22,6 +26,7 @@ def row_weights(objectives: Sequence[Objective], batch: int, override: WeightOve
             raise UserInputError(f"got {len(rows)} weight overrides for {batch} prompts; give one per prompt")
     known = [o.name for o in objectives]
     table = torch.empty(len(objectives), batch, dtype=torch.float64)
+    notes: list[str] = []
     for b, row in enumerate(rows):
         unknown = sorted(set(row) - set(known))
         if unknown:
@@ -29,5 +34,8 @@ def row_weights(objectives: Sequence[Objective], batch: int, override: WeightOve
         for k, objective in enumerate(objectives):
             value = row.get(objective.name, objective.weight)
             check_weight(objective.name, value)
+            note = check_guards(objective, value, overridden_guards)
+            if note is not None and note not in notes:
+                notes.append(note)
             table[k, b] = value
-    return table
+    return table, notes

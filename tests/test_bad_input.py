@@ -115,3 +115,35 @@ def test_other_mistakes(tiny):
         ModelSpec(tiny["base"], dtype="fp13")
     with one_line_error("objective name"):
         pair(tiny, name="bad name!")
+
+
+def guarded(tiny: dict, **kwargs) -> Objective:
+    return Objective("safety", Member(ModelSpec(tiny["expert_a"])), Member(ModelSpec(tiny["anti"])), **kwargs)
+
+
+def test_protected_objective_refuses_a_negative_weight(tiny):
+    with one_line_error(r"protected objective would get a negative weight \(-1\); .* override_guards=\[safety\]"):
+        Composer(tiny["base"], [guarded(tiny, weight=-1.0, protected=True)])
+    with one_line_error("protected objective would get a negative weight"):
+        Composer(tiny["base"], [guarded(tiny, protected=True)]).generate("the cat", weights={"safety": -0.5})
+    with one_line_error("negative weight"):  # a schedule that crosses zero is caught before decoding
+        Composer(tiny["base"], [guarded(tiny, protected=True, schedule=Linear(start=1.0, end=-1.0, steps=4))])
+
+
+def test_bounds_are_checked_on_weight_times_schedule(tiny):
+    with one_line_error(r"weight reaches \[0, 3\] outside its bounds \[0.0, 2.0\]"):
+        Composer(tiny["base"], [guarded(tiny, weight=3.0, bounds=(0.0, 2.0), schedule=Warmup(1.0, 4))])
+    composer = Composer(tiny["base"], [guarded(tiny, bounds=(None, 2.0))])
+    with one_line_error("outside its bounds"):
+        composer.generate("the cat", weights={"safety": 2.5})
+    with one_line_error("reversed"):
+        guarded(tiny, bounds=(2.0, 1.0))
+
+
+def test_an_explicit_override_is_recorded(tiny):
+    composer = Composer(tiny["base"], [guarded(tiny, weight=-1.0, protected=True)], override_guards=["safety"])
+    assert composer.guard_notes == ["safety: protected objective would get a negative weight (-1) (guard overridden)"]
+    out = composer.generate("the cat", DecodingConfig(max_new_tokens=2))[0]
+    assert out.guards_overridden == composer.guard_notes
+    with one_line_error("unknown objective"):
+        Composer(tiny["base"], [guarded(tiny)], override_guards=["code"])
