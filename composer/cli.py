@@ -1,0 +1,116 @@
+"""The command line, ``proxy-compose`` or ``python -m composer``: Hydra stays here, at the edge.
+
+    proxy-compose [hydra overrides...]        run a recipe (default: tiny) on its prompts or a prompts file
+    proxy-compose -m objectives.code.weight=0,0.5,1    sweep; every job writes metrics.json
+    proxy-compose report SWEEP_DIR            CSV, Markdown table and Pareto plot of a sweep
+    proxy-compose validate [overrides...]     compose and build every recipe without loading weights
+
+A user's mistake (a UserInputError or a config that does not compose) prints one ``error:`` line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import transformers
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from composer import report
+from composer.config import build_base, build_decoding, build_metrics, build_objectives, register_configs
+from composer.plan import Plan
+from composer.runner import record_failure, run_job
+from experts.errors import UserInputError
+
+CONF_DIR = Path(__file__).parent / "_conf"  # a link to the repo's conf/ (a copy in the wheel)
+USER_ERRORS = (UserInputError, HydraException, OmegaConfBaseException)
+FAILED_JOBS: list[int] = []  # sweep jobs of this process that failed, for the exit code
+
+register_configs()
+transformers.utils.logging.disable_progress_bar()  # the run shows its own bar over prompts
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["report"]:
+        sys.exit(_edge(lambda: report.main(args[1:])))
+    if args[:1] == ["validate"]:
+        sys.exit(_edge(lambda: validate(args[1:])))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach _edge instead of its multi-line printer
+    sys.exit(_edge(lambda: run() or (1 if FAILED_JOBS else 0)))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def run(cfg: DictConfig) -> None:
+    """One job. In a sweep, a job that raises is recorded in its metrics.json and the other jobs go on."""
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        try:
+            run_job(cfg, job_dir, overrides)
+        except UserInputError as err:  # exit here: past this point Hydra would print an extra line
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        return
+    try:
+        run_job(cfg, job_dir, overrides)
+    except Exception as err:  # any failure, OOM included: the report marks this sweep point
+        record_failure(job_dir, overrides, err)
+        FAILED_JOBS.append(hydra_cfg.job.num)
+        print(f"error: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {one_line(err)}", file=sys.stderr)
+
+
+def validate(overrides: list[str]) -> int:
+    """Compose every recipe and build its objects without loading weights; local model folders must exist."""
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        names = GlobalHydra.instance().config_loader().get_group_options("recipe")
+        failures = 0
+        for name in names:
+            try:
+                print(f"ok    {name}: {_describe(hydra.compose('config', overrides=[f'recipe={name}', *overrides]))}")
+            except USER_ERRORS as err:
+                failures += 1
+                print(f"FAIL  {name}: {one_line(err)}")
+    return 1 if failures else 0
+
+
+def _describe(cfg: DictConfig) -> str:
+    base, objectives = build_base(cfg), build_objectives(cfg)
+    build_decoding(cfg)
+    build_metrics(cfg)
+    plan = Plan(base, objectives)
+    for spec in plan.specs:
+        if spec.path.startswith("/") and not Path(spec.path).is_dir():
+            raise UserInputError(f"model folder {spec.path!r} does not exist")
+    return f"{len(objectives)} objective(s) {[o.name for o in objectives]}, {len(plan.specs)} unique model(s)"
+
+
+def one_line(err: BaseException) -> str:
+    """The message of an error and its causes on one line, without omegaconf's full_key/object_type details."""
+    parts: list[str] = []
+    current: BaseException | None = err
+    while current is not None:
+        for line in str(current).splitlines():
+            line = line.strip()
+            if line.startswith("Config search path"):
+                break
+            if line and not line.startswith(("full_key:", "object_type=", "reference_type=")) and line not in parts:
+                parts.append(line)
+        current = current.__cause__
+    return " ".join(parts) or type(err).__name__
+
+
+def _edge(command) -> int:
+    try:
+        return command()
+    except USER_ERRORS as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2

@@ -1,0 +1,196 @@
+"""Config schemas and their conversion to library objects: the only place where omegaconf meets the engine.
+
+The dataclasses below are registered in Hydra's ConfigStore, so a misspelt key or a wrong type fails when the
+config is composed, naming the key. ``_target_`` nodes (schedules, metrics) are instantiated only from the
+project's own modules or from modules the config lists in ``allow_targets``: a recipe cannot call arbitrary code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from composer.decoding import DecodingConfig
+from composer.engine import Composer
+from composer.metrics import Metric
+from composer.objectives import Member, Objective
+from experts import family
+from experts.errors import UserInputError
+from experts.loading import ModelSpec
+from experts.prompts import Chat, PromptFormat, Raw, Template
+
+PROJECT_MODULES = ("composer", "experts")
+FORMATS = ("raw", "chat", "template")
+
+
+@dataclass
+class ModelConfig:
+    path: str = MISSING
+    dtype: str = "float32"
+    device: str | None = None
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+    format: str = "raw"  # raw | chat | template
+    system: str | None = None  # chat only: an optional system prompt
+    template: str | None = None  # template only: a string with a {prompt} field
+
+
+@dataclass
+class ObjectiveConfig:
+    expert: ModelConfig = MISSING
+    anti: ModelConfig = MISSING
+    weight: float = 1.0
+    schedule: Any = field(default_factory=lambda: {"_target_": "composer.schedules.Constant"})
+    metric: Any = None  # a _target_ node building a composer.metrics.Metric, or null
+
+
+@dataclass
+class DecodingSchema:
+    """Mirrors composer.decoding.DecodingConfig, whose constructor checks the values."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    num_return_sequences: int = 1
+
+
+@dataclass
+class RunConfig:
+    base: ModelConfig = MISSING
+    objectives: dict[str, ObjectiveConfig] = field(default_factory=dict)
+    decoding: DecodingSchema = field(default_factory=DecodingSchema)
+    prompts: list[str] = field(default_factory=list)
+    prompts_file: str | None = None  # .txt (one prompt a line) or .jsonl ({"id", "prompt", "weights"?})
+    output: str | None = None  # default: completions.jsonl in the Hydra run dir
+    resume: bool = False
+    batch_size: int = 1
+    trace: bool = False
+    allow_targets: list[str] = field(default_factory=list)
+
+
+def register_configs() -> None:
+    """The schema as the ``run_schema`` config that conf/config.yaml extends, and the ``family`` resolver."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("family"):
+        OmegaConf.register_new_resolver("family", family_model_path)
+
+
+def family_model_path(name: str) -> str:
+    """``${family:tiny-base}``: the folder of one of the project's tiny family models, in the repo or the wheel."""
+    return str(Path(family.MODELS_DIR) / name)
+
+
+def build_base(cfg: DictConfig) -> Member:
+    return build_member("base", cfg.base)
+
+
+def build_objectives(cfg: DictConfig) -> list[Objective]:
+    """Objective objects from the config, without loading any weights."""
+    allow = list(cfg.get("allow_targets") or [])
+    return [
+        Objective(
+            name=str(name),
+            expert=build_member(f"objectives.{name}.expert", node.expert),
+            anti=build_member(f"objectives.{name}.anti", node.anti),
+            weight=node.weight,
+            schedule=instantiate_allowed(f"objectives.{name}.schedule", node.schedule, allow),
+        )
+        for name, node in cfg.objectives.items()
+    ]
+
+
+def build_metrics(cfg: DictConfig) -> dict[str, Metric]:
+    """One metric per objective that declares one."""
+    allow = list(cfg.get("allow_targets") or [])
+    return {
+        str(name): instantiate_allowed(f"objectives.{name}.metric", node.metric, allow)
+        for name, node in cfg.objectives.items()
+        if node.metric is not None
+    }
+
+
+def build_decoding(cfg: DictConfig) -> DecodingConfig:
+    values = OmegaConf.to_container(cfg.decoding, resolve=True)
+    return DecodingConfig(**values)
+
+
+def build_composer(cfg: DictConfig) -> Composer:
+    """The Composer for a composed config: the one step that loads weights."""
+    return Composer(build_base(cfg), build_objectives(cfg))
+
+
+def build_member(key: str, node: DictConfig) -> Member:
+    spec = ModelSpec(
+        path=node.path,
+        dtype=node.dtype,
+        device=node.device,
+        device_map=node.device_map,
+        trust_remote_code=node.trust_remote_code,
+        revision=node.revision,
+    )
+    return Member(spec, build_format(key, node))
+
+
+def build_format(key: str, node: DictConfig) -> PromptFormat:
+    if node.format not in FORMATS:
+        raise UserInputError(f"{key}.format={node.format!r} is unknown; use one of {list(FORMATS)}")
+    if node.system is not None and node.format != "chat":
+        raise UserInputError(f"{key}.system is set but format is {node.format!r}; a system prompt needs format=chat")
+    if (node.template is not None) != (node.format == "template"):
+        raise UserInputError(f"{key}: format=template and a template string go together; set both or neither")
+    if node.format == "chat":
+        return Chat(system=node.system)
+    if node.format == "template":
+        return Template(node.template)
+    return Raw()
+
+
+def instantiate_allowed(key: str, node: Any, allow: list[str]) -> Any:
+    """Instantiate ``node`` after checking every ``_target_`` in it against the project's modules and ``allow``."""
+    if not isinstance(node, DictConfig | dict) or "_target_" not in node:
+        preset = f"; to pick a preset write schedules@{key}=NAME" if key.endswith(".schedule") else ""
+        raise UserInputError(f"{key} must be a node with a _target_, not {node!r}{preset}")
+    for target in _targets(node):
+        if not _allowed(target, allow):
+            raise UserInputError(
+                f"{key}: _target_ {target!r} is not allowed; use composer.* or experts.*, "
+                "or list its module in allow_targets"
+            )
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserInputError):
+            raise err.__cause__ from None
+        cause = err.__cause__ or err
+        raise UserInputError(f"{key}: {_first_line(cause)}") from err
+
+
+def _targets(node: Any) -> list[str]:
+    if isinstance(node, DictConfig | dict):
+        found = [str(node["_target_"])] if "_target_" in node else []
+        return found + [t for value in node.values() for t in _targets(value)]
+    if isinstance(node, ListConfig | list):
+        return [t for value in node for t in _targets(value)]
+    return []
+
+
+def _allowed(target: str, allow: list[str]) -> bool:
+    return any(target == prefix or target.startswith(prefix + ".") for prefix in (*PROJECT_MODULES, *allow))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,224 @@
+"""The run loop over a prompt list: one JSONL record per prompt, written and fsync'd as soon as it is finished.
+
+A run killed at any point loses nothing: with ``resume=true`` the ids already in the output are skipped, and a
+last line torn by the kill is cut off before the rest is appended. Each run also writes ``metrics.json`` (the
+recipe's per-objective metrics over all records) into its job folder, which the sweep report reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from composer.config import build_composer, build_decoding, build_metrics
+from composer.decoding import DecodingConfig
+from composer.engine import Completion, Composer
+from experts.errors import UserInputError
+
+OUTPUT_NAME = "completions.jsonl"
+METRICS_NAME = "metrics.json"
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    id: str | int
+    prompt: str
+    weights: dict[str, float] | None = None
+
+
+def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Compose, run every prompt not yet in the output, and write metrics.json; returns its content."""
+    started = time.monotonic()
+    items = load_prompts(list(cfg.prompts), cfg.prompts_file)
+    output = Path(cfg.output) if cfg.output else job_dir / OUTPUT_NAME
+    metrics = build_metrics(cfg)
+    decoding = build_decoding(cfg)
+    if cfg.batch_size < 1:
+        raise UserInputError(f"batch_size={cfg.batch_size} must be a whole number >= 1")
+    done = prepare_output(output, cfg.resume)
+    composer = build_composer(cfg)
+    check_weights(items, [o.name for o in composer.objectives])
+    finished = {record["id"] for record in done}
+    todo = [item for item in items if item.id not in finished]
+    records = done + run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done))
+    summary = {
+        "status": "ok",
+        "overrides": list(overrides),
+        "metrics": {
+            name: metric([r["prompt"] for r in records], [_first(r["text"]) for r in records])
+            for name, metric in metrics.items()
+        },
+        "higher_is_better": {name: bool(metric.higher_is_better) for name, metric in metrics.items()},
+        "weights": {o.name: o.weight for o in composer.objectives},
+        "schedules": {o.name: repr(o.schedule) for o in composer.objectives},
+        "records": len(records),
+        "output": str(output),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    write_metrics(job_dir, summary)
+    return summary
+
+
+def record_failure(job_dir: Path, overrides: Sequence[str], error: BaseException) -> None:
+    """metrics.json for a job that raised, so that the sweep report can show which point failed and why."""
+    message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    write_metrics(job_dir, {"status": "failed", "overrides": list(overrides), "error": message.rstrip(": ")})
+
+
+def write_metrics(job_dir: Path, summary: dict[str, Any]) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / METRICS_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def load_prompts(inline: list[str], path: str | None) -> list[PromptItem]:
+    """Prompts from ``prompts_file`` when set (it replaces the recipe's inline prompts), else the inline list."""
+    if path:
+        return read_prompt_file(Path(path))
+    if not inline:
+        raise UserInputError("no prompts: give prompts=[...] or prompts_file=PATH (.txt or .jsonl)")
+    return [PromptItem(id=i, prompt=p) for i, p in enumerate(inline, start=1)]
+
+
+def read_prompt_file(path: Path) -> list[PromptItem]:
+    """A .jsonl file of {"id", "prompt", "weights"?} records, or a text file with one prompt a line (id = line)."""
+    if not path.is_file():
+        raise UserInputError(f"prompts_file {str(path)!r} not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix != ".jsonl":
+        items = [PromptItem(id=n, prompt=line) for n, line in enumerate(lines, start=1) if line.strip()]
+    else:
+        items, first_line = [], {}
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            item = _jsonl_item(path, n, line)
+            if item.id in first_line:
+                raise UserInputError(
+                    f"{path.name} line {n}: duplicate id {item.id!r} (first on line {first_line[item.id]})"
+                )
+            first_line[item.id] = n
+            items.append(item)
+    if not items:
+        raise UserInputError(f"prompts_file {str(path)!r} holds no prompts")
+    return items
+
+
+def _jsonl_item(path: Path, n: int, line: str) -> PromptItem:
+    where = f"{path.name} line {n}"
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{where}: not valid JSON ({err.msg})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{where}: expected an object with 'id' and 'prompt'")
+    if "id" not in data:
+        raise UserInputError(f"{where}: missing 'id'; every record needs a unique id, so that a run can resume")
+    if isinstance(data["id"], bool) or not isinstance(data["id"], str | int):
+        raise UserInputError(f"{where}: id {data['id']!r} must be a string or a whole number")
+    if not isinstance(data.get("prompt"), str):
+        raise UserInputError(f"{where}: 'prompt' must be a string")
+    weights = data.get("weights")
+    if weights is not None and not isinstance(weights, dict):
+        raise UserInputError(f"{where}: 'weights' must be an object of objective name -> number")
+    return PromptItem(id=data["id"], prompt=data["prompt"], weights=weights)
+
+
+def check_weights(items: Sequence[PromptItem], names: list[str]) -> None:
+    """Per-prompt weights are checked before any decoding, so a bad record fails the run at once."""
+    for item in items:
+        for name, value in (item.weights or {}).items():
+            if name not in names:
+                raise UserInputError(f"prompt {item.id!r}: weights name unknown objective {name!r}; have {names}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise UserInputError(f"prompt {item.id!r}: weight {name}={value!r} must be a finite number")
+
+
+def prepare_output(output: Path, resume: bool) -> list[dict[str, Any]]:
+    """The records already finished (with resume), after cutting off a last line torn by a kill."""
+    if not output.exists():
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return []
+    if not resume:
+        raise UserInputError(f"output {str(output)!r} exists; pass resume=true to finish it, or choose another output")
+    data = output.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with output.open("r+b") as f:  # the torn tail of a killed write: drop it, its prompt runs again
+            f.truncate(len(complete))
+            os.fsync(f.fileno())
+    records = []
+    for n, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserInputError(f"output {str(output)!r} line {n} is damaged; not resuming over it") from None
+    return records
+
+
+def run_prompts(
+    composer: Composer,
+    items: Sequence[PromptItem],
+    decoding: DecodingConfig,
+    output: Path,
+    batch_size: int,
+    trace: bool,
+    already_done: int = 0,
+) -> list[dict[str, Any]]:
+    """Generate in batches; append each record to ``output`` (flushed and fsync'd) and print its text."""
+    records = []
+    with (
+        output.open("a", encoding="utf-8") as sink,
+        tqdm(total=already_done + len(items), initial=already_done, unit="prompt") as bar,
+    ):
+        for batch in _batches(items, batch_size):
+            for record in _generate(composer, batch, decoding, trace):
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+                records.append(record)
+                bar.write(f"[{record['id']}] {_first(record['text'])}")
+                bar.update()
+    return records
+
+
+def _generate(
+    composer: Composer, batch: Sequence[PromptItem], decoding: DecodingConfig, trace: bool
+) -> Iterator[dict[str, Any]]:
+    weights = [item.weights or {} for item in batch] if any(item.weights for item in batch) else None
+    completions = composer.generate([item.prompt for item in batch], decoding, weights=weights, trace=trace)
+    per_prompt = decoding.num_return_sequences
+    for i, item in enumerate(batch):
+        yield _record(item, completions[i * per_prompt : (i + 1) * per_prompt], trace)
+
+
+def _record(item: PromptItem, completions: list[Completion], trace: bool) -> dict[str, Any]:
+    """One prompt's record; with num_return_sequences > 1, text, finish_reason and trace are lists."""
+    pick: Callable[[list[Any]], Any] = (lambda values: values[0]) if len(completions) == 1 else list
+    record = {
+        "id": item.id,
+        "prompt": item.prompt,
+        "text": pick([c.text for c in completions]),
+        "weights": completions[0].weights,
+        "finish_reason": pick([c.finish_reason for c in completions]),
+    }
+    if trace:
+        record["trace"] = pick([[asdict(t) for t in c.trace or []] for c in completions])
+    return record
+
+
+def _batches(items: Sequence[PromptItem], size: int) -> Iterator[Sequence[PromptItem]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _first(text: str | list[str]) -> str:
+    return text if isinstance(text, str) else text[0]
