@@ -43,6 +43,11 @@ class ModelStream:
         self.cache: DynamicCache | None = None
 
     def check_fits(self, lengths: list[int], extra: int) -> None:
+        """Refuse rows that cannot run: empty after tokenisation, or beyond the context window."""
+        if min(lengths) == 0:
+            raise UserInputError(
+                f"a prompt has no tokens for model {self.loaded.spec.name!r} (only whitespace?); give it visible text"
+            )
         window = self.loaded.context_window
         if window is None:
             return
