@@ -1,0 +1,125 @@
+"""The command line end to end, in subprocesses, on tiny models: run, kill and resume, sweep, errors, plug-ins."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from composer.report import build_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path, pythonpath: str = str(REPO)) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "composer", *args], cwd=cwd, env=_env(pythonpath), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def _env(pythonpath: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture
+def plugin(tiny: dict[str, str], tmp_path: Path) -> Path:
+    """A user's folder with a recipe of tiny models: found through hydra.searchpath, no Python needed."""
+    folder = tmp_path / "my_recipes"
+    (folder / "recipe").mkdir(parents=True)
+    (folder / "recipe" / "toy.yaml").write_text(
+        f"""# @package _global_
+base: {{path: {tiny["base"]}}}
+objectives:
+  helpful:
+    expert: {{path: {tiny["expert_a"]}, format: chat}}
+    anti: {{path: {tiny["anti"]}}}
+    metric: {{_target_: composer.metrics.ContainsAny, words: [cat]}}
+decoding: {{max_new_tokens: 3}}
+prompts: ["the cat sat", "hello world"]
+"""
+    )
+    return folder
+
+
+def test_killed_run_resumes_without_losing_or_repeating_a_record(plugin: Path, tmp_path: Path):
+    ids = [f"p{n:02}" for n in range(1, 9)]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"the cat {i}", "weights": {"helpful": 0.5}}) + "\n"
+                               for i in ids))  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    common = ["recipe=toy", f"hydra.searchpath=[file://{plugin}]", f"prompts_file={prompts}", f"output={out}"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "composer", *common, "batch_size=1", f"hydra.run.dir={tmp_path / 'run1'}"],
+        cwd=tmp_path, env=_env(str(REPO)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while (not out.exists() or out.read_bytes().count(b"\n") < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    written = out.read_bytes().count(b"\n")
+    assert 2 <= written < len(ids), "the first run must be killed part-way"
+    with out.open("ab") as f:
+        f.write(b'{"id": "p99", "prompt": "a torn wri')  # what a kill in the middle of a write leaves
+
+    second = cli(*common, "resume=true", "batch_size=4", f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+
+    assert second.returncode == 0, second.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == ids
+    assert all(r["weights"] == {"helpful": 0.5} and r["prompt"] == f"the cat {r['id']}" for r in records)
+    assert f"[{ids[-1]}] " in second.stdout and f"[{ids[0]}] " not in second.stdout
+    metrics = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["records"] == len(ids)
+
+
+def test_a_sweep_records_the_failed_job_and_runs_the_others(plugin: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    result = cli(
+        "-m", "recipe=toy", f"hydra.searchpath=[file://{plugin}]", f"hydra.sweep.dir={sweep}",
+        "objectives.helpful.weight=0,nan,2", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "error: job 1 (recipe=toy objectives.helpful.weight=nan) failed: " in result.stderr
+    report = build_report(sweep)
+    assert [(job.name, job.status) for job in report.jobs] == [("0", "ok"), ("1", "failed"), ("2", "ok")]
+    assert "weight nan must be a finite number" in report.jobs[1].error
+    assert report.objectives == ["helpful"]
+    assert all((sweep / n / "completions.jsonl").read_text().count("\n") == 2 for n in ("0", "2"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("objectives.math.wieght=2", "error: Could not override 'objectives.math.wieght'."),
+        ("prompts_file=missing.txt", "error: prompts_file 'missing.txt' not found"),
+    ],
+)
+def test_a_user_mistake_prints_one_line_and_exits_2(override: str, message: str, tmp_path: Path):
+    result = cli(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message) and "\n" not in result.stderr.strip()
+
+
+def test_an_installed_package_adds_recipes_with_a_searchpath_plugin(plugin: Path, tmp_path: Path):
+    site = tmp_path / "site"
+    (site / "hydra_plugins" / "acme_recipes").mkdir(parents=True)
+    (site / "hydra_plugins" / "acme_recipes" / "__init__.py").write_text(
+        f"""from hydra.core.config_search_path import ConfigSearchPath
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+
+class AcmeRecipes(SearchPathPlugin):
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        search_path.append(provider="acme", path="file://{plugin}")
+"""
+    )
+    result = cli("validate", cwd=tmp_path, pythonpath=f"{REPO}{os.pathsep}{site}")
+    assert "ok    toy: 1 objective(s) ['helpful'], 3 unique model(s)" in result.stdout, result.stdout + result.stderr

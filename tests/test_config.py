@@ -1,0 +1,176 @@
+"""Every shipped recipe composes and builds without loading weights; config mistakes fail naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+
+from composer.cli import CONF_DIR, one_line, validate
+from composer.config import build_base, build_decoding, build_metrics, build_objectives, instantiate_allowed
+from composer.metrics import ContainsAny, MatchesRegex
+from composer.plan import Plan
+from composer.schedules import Constant, Linear
+from experts import family
+from experts.errors import UserInputError
+
+SHIPPED = {"tiny", "llama2_chat", "code_llama", "truthfulness", "code_safety", "safety_code_truth"}
+
+
+def compose_run(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def recipe_names() -> list[str]:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return GlobalHydra.instance().config_loader().get_group_options("recipe")
+
+
+def test_the_shipped_recipes_are_all_there():
+    assert set(recipe_names()) == SHIPPED
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_every_shipped_recipe_composes_and_builds(name: str):
+    cfg = compose_run(f"recipe={name}")
+    objectives = build_objectives(cfg)
+    plan = Plan(build_base(cfg), objectives)
+    assert objectives and cfg.prompts
+    assert set(build_metrics(cfg)) == {o.name for o in objectives}
+    assert build_decoding(cfg).max_new_tokens >= 1
+    assert len(plan.specs) <= 1 + 2 * len(objectives)
+
+
+def test_the_default_is_the_tiny_family():
+    cfg = compose_run()
+    assert cfg.base.path == str(Path(family.MODELS_DIR) / "tiny-base")
+    assert [o.name for o in build_objectives(cfg)] == ["math", "safety", "code"]
+    assert {o.expert.model.name for o in build_objectives(cfg)} == {f"tiny-expert-{n}" for n in family.OBJECTIVES}
+
+
+def test_three_objective_recipe_shares_the_anti_expert_and_chat_weights():
+    cfg = compose_run("recipe=safety_code_truth")
+    plan = Plan(build_base(cfg), build_objectives(cfg))
+    assert sorted(s.name for s in plan.specs) == [
+        "CodeLlama-7b-Python-hf",
+        "Llama-2-70b-hf",
+        "Llama-2-7b-chat-hf",
+        "Llama-2-7b-hf",
+    ]
+
+
+def test_overrides_and_presets_reach_the_objects():
+    cfg = compose_run(
+        "recipe=code_safety",
+        "objectives.safety.weight=1.5",
+        "decoding=sample",
+        "schedules@objectives.code.schedule=ramp_up",
+    )
+    safety, code = build_objectives(cfg)
+    assert safety.weight == 1.5 and safety.schedule == Constant()
+    assert code.schedule == Linear(start=0.0, end=1.0, steps=16)
+    assert build_decoding(cfg).do_sample
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("objectives.safety.weigth=2", "weigth"),
+        ("decoding.max_new_tokns=3", "max_new_tokns"),
+        ("objectives.code.weight=abc", "objectives.code.weight"),
+        ("base.dtyp=float16", "dtyp"),
+    ],
+)
+def test_a_misspelt_key_or_wrong_type_fails_at_compose_time_naming_it(override: str, named: str):
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_run("recipe=code_safety", override)
+    message = one_line(caught.value)
+    assert named in message and "\n" not in message
+
+
+def test_a_misspelt_key_inside_a_recipe_file_names_it(tmp_path: Path):
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "typo.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - /recipe/tiny\n  - _self_\nobjectives:\n  math:\n    wieght: 2\n"
+    )
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_run("recipe=typo", f"hydra.searchpath=[file://{tmp_path}]")
+    assert "wieght" in one_line(caught.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "objectives.safety.schedule._target_=os.system",
+        "+objectives.safety.schedule.command=ls",
+        "objectives.safety.metric._target_=builtins.eval",
+        "objectives.safety.metric._target_=composerx.evil",
+    ],
+)
+def test_foreign_targets_are_refused_in_one_line(override: str):
+    if "command" in override:
+        cfg = compose_run("recipe=code_safety", "objectives.safety.schedule._target_=os.system", override)
+    else:
+        cfg = compose_run("recipe=code_safety", override)
+    with pytest.raises(UserInputError, match=r"^objectives\.safety\.\w+: _target_ '[\w.]+' is not allowed") as caught:
+        build_objectives(cfg) if "schedule" in override else build_metrics(cfg)
+    assert "\n" not in str(caught.value)
+
+
+def test_allow_targets_lets_a_listed_module_through():
+    node = {"_target_": "fractions.Fraction", "numerator": 1, "denominator": 2}
+    with pytest.raises(UserInputError, match="not allowed"):
+        instantiate_allowed("x", node, [])
+    assert instantiate_allowed("x", node, ["fractions"]) == 0.5
+
+
+def test_a_constructor_error_surfaces_as_its_one_line_message():
+    cfg = compose_run("recipe=code_safety", "objectives.code.schedule._target_=composer.schedules.Linear")
+    with pytest.raises(UserInputError, match="objectives.code.schedule: .*value"):
+        build_objectives(cfg)  # the constant preset's 'value' is not a Linear argument
+    cfg = compose_run(
+        "recipe=code_safety", "schedules@objectives.code.schedule=ramp_up", "objectives.code.schedule.steps=0"
+    )
+    with pytest.raises(UserInputError, match="linear schedule: steps=0"):
+        build_objectives(cfg)
+
+
+def test_model_entries_check_their_prompt_format():
+    with pytest.raises(UserInputError, match="base.format='jinja' is unknown"):
+        build_base(compose_run("base.format=jinja"))
+    with pytest.raises(UserInputError, match="system prompt needs format=chat"):
+        build_base(compose_run("base.system=hi"))
+    with pytest.raises(UserInputError, match="format=template and a template string go together"):
+        build_base(compose_run("base.template=null"))
+
+
+def test_a_plugin_folder_adds_recipes_and_objectives_that_reuse_the_shipped_groups(tmp_path: Path):
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "objectives").mkdir()
+    (tmp_path / "objectives" / "polite.yaml").write_text(
+        "defaults:\n  - /models@expert: llama2-7b-chat\n  - /models@anti: llama2-7b\n  - _self_\n"
+        "weight: 0.3\nmetric: {_target_: composer.metrics.ContainsAny, words: [please]}\n"
+    )
+    (tmp_path / "recipe" / "polite_code.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - /recipe/code_llama\n  - /objectives@objectives.polite: polite\n"
+        "  - _self_\n"
+    )
+    cfg = compose_run("recipe=polite_code", f"hydra.searchpath=[file://{tmp_path}]")
+    assert [(o.name, o.weight) for o in build_objectives(cfg)] == [("code", 1.0), ("polite", 0.3)]
+    assert build_metrics(cfg)["polite"] == ContainsAny(words=("please",))
+    cfg = compose_run("+objectives@objectives.polite=polite", f"hydra.searchpath=[file://{tmp_path}]")
+    assert [o.name for o in build_objectives(cfg)] == ["math", "safety", "code", "polite"]
+    assert isinstance(build_metrics(cfg)["math"], MatchesRegex)
+
+
+def test_validate_checks_every_recipe_without_loading_weights(capsys: pytest.CaptureFixture[str]):
+    status = validate([])
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[1].rstrip(":") for line in lines) == sorted(SHIPPED)
+    assert all(line.startswith("ok") for line in lines if "tiny" not in line)
+    family_ready = all((Path(family.MODELS_DIR) / f"tiny-expert-{n}").is_dir() for n in family.OBJECTIVES)
+    assert status == (0 if family_ready else 1)

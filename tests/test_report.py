@@ -1,0 +1,54 @@
+"""The sweep report: table rows for every job (failed and missing ones marked), the Pareto front, a PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from composer.report import build_report, main
+
+HIGHER = {"safety": True, "length": False}
+
+
+def write_job(sweep: Path, name: str, overrides: list[str], summary: dict | None) -> None:
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if summary is not None:
+        (job / "metrics.json").write_text(json.dumps({"overrides": overrides, **summary}))
+
+
+def small_sweep(root: Path) -> Path:
+    sweep = root / "multirun"
+    for num, (safety, length) in enumerate([(0.2, 10.0), (0.6, 14.0), (0.5, 20.0), (0.9, 30.0)]):
+        metrics = {"safety": safety, "length": length}
+        write_job(
+            sweep,
+            str(num),
+            [f"objectives.safety.weight={num}"],
+            {"status": "ok", "metrics": metrics, "higher_is_better": HIGHER},
+        )
+    write_job(sweep, "4", ["objectives.safety.weight=nan"], {"status": "failed", "error": "UserInputError: weight nan"})
+    write_job(sweep, "10", ["objectives.safety.weight=9"], None)  # killed before it wrote metrics.json
+    return sweep
+
+
+def test_the_front_keeps_the_jobs_no_other_job_beats_on_every_metric(tmp_path: Path):
+    report = build_report(small_sweep(tmp_path))
+    assert [job.name for job in report.jobs] == ["0", "1", "2", "3", "4", "10"]
+    assert report.objectives == ["safety", "length"]
+    assert [job.name for job in report.jobs if job.pareto] == ["0", "1", "3"]  # job 2 is beaten by job 1
+    assert [job.status for job in report.jobs][4:] == ["failed", "missing"]
+
+
+def test_report_writes_a_table_a_csv_and_a_png(tmp_path: Path):
+    sweep = small_sweep(tmp_path)
+    assert main([str(sweep)]) == 0
+    table = (sweep / "report.md").read_text().splitlines()
+    assert table[0].startswith("| job | status | overrides | safety (higher is better) | length (lower is better)")
+    assert len(table) == 2 + 6
+    assert "| 4 | failed | objectives.safety.weight=nan |" in table[6] and "UserInputError: weight nan" in table[6]
+    assert "| 10 | missing |" in table[7]
+    assert len((sweep / "report.csv").read_text().splitlines()) == 1 + 6
+    png = (sweep / "pareto.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000

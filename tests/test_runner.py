@@ -1,0 +1,95 @@
+"""Prompt files, the resumable JSONL output, and the run loop on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from composer import Chat, Composer, DecodingConfig, Member, ModelSpec, Objective
+from composer.runner import PromptItem, check_weights, load_prompts, prepare_output, read_prompt_file, run_prompts
+from experts.errors import UserInputError
+
+
+def write_lines(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_text_file_gives_one_prompt_a_line_with_its_line_number_as_id(tmp_path: Path):
+    items = read_prompt_file(write_lines(tmp_path / "p.txt", "the cat", "", "a dog"))
+    assert items == [PromptItem(1, "the cat"), PromptItem(3, "a dog")]
+
+
+def test_a_jsonl_file_carries_ids_and_per_prompt_weights(tmp_path: Path):
+    path = write_lines(
+        tmp_path / "p.jsonl", '{"id": "a", "prompt": "x", "weights": {"math": 0.5}}', '{"id": 7, "prompt": "y"}'
+    )
+    assert read_prompt_file(path) == [PromptItem("a", "x", {"math": 0.5}), PromptItem(7, "y")]
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"id": "a", "prompt": "x"}', '{"id": "b", "prompt": "y"}', '{"id": "a", "prompt": "z"}'],
+         "p.jsonl line 3: duplicate id 'a' (first on line 1)"),
+        (['{"id": "a", "prompt": "x"}', '{"prompt": "y"}'], "p.jsonl line 2: missing 'id'"),
+        (['{"id": null, "prompt": "x"}'], "p.jsonl line 1: id None must be a string or a whole number"),
+        (['{"id": 1, "prompt": "x"', ], "p.jsonl line 1: not valid JSON"),
+        (['{"id": 1, "prompt": "x", "weights": [1]}'], "p.jsonl line 1: 'weights' must be an object"),
+    ],
+)  # fmt: skip
+def test_bad_prompt_files_are_refused_in_one_line(tmp_path: Path, lines: list[str], message: str):
+    with pytest.raises(UserInputError) as caught:
+        read_prompt_file(write_lines(tmp_path / "p.jsonl", *lines))
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_a_prompts_file_replaces_the_recipe_prompts_and_no_prompts_is_refused(tmp_path: Path):
+    path = write_lines(tmp_path / "p.txt", "from the file")
+    assert load_prompts(["inline"], str(path)) == [PromptItem(1, "from the file")]
+    assert load_prompts(["a", "b"], None) == [PromptItem(1, "a"), PromptItem(2, "b")]
+    with pytest.raises(UserInputError, match="no prompts"):
+        load_prompts([], None)
+
+
+def test_per_prompt_weights_are_checked_before_decoding():
+    with pytest.raises(UserInputError, match="prompt 'a': weights name unknown objective 'maths'"):
+        check_weights([PromptItem("a", "x", {"maths": 1.0})], ["math"])
+    with pytest.raises(UserInputError, match="prompt 'a': weight math=inf"):
+        check_weights([PromptItem("a", "x", {"math": float("inf")})], ["math"])
+
+
+def test_resume_cuts_a_torn_last_line_and_keeps_the_finished_records(tmp_path: Path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n{"id": 3, "te')
+    assert [r["id"] for r in prepare_output(out, resume=True)] == [1, 2]
+    assert out.read_bytes() == b'{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n'
+
+
+def test_an_existing_output_needs_resume_and_a_damaged_one_is_refused(tmp_path: Path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1}\nnot json\n{"id": 3}\n')
+    with pytest.raises(UserInputError, match="exists; pass resume=true"):
+        prepare_output(out, resume=False)
+    with pytest.raises(UserInputError, match="line 2 is damaged"):
+        prepare_output(out, resume=True)
+    assert prepare_output(tmp_path / "new" / "out.jsonl", resume=False) == []
+
+
+def test_run_prompts_appends_one_flushed_record_per_prompt_with_its_weights(tiny: dict[str, str], tmp_path: Path):
+    composer = Composer(
+        tiny["base"], [Objective("chat", Member(ModelSpec(tiny["expert_a"]), Chat()), Member(ModelSpec(tiny["anti"])))]
+    )
+    items = [PromptItem("a", "the cat"), PromptItem("b", "a dog", {"chat": 0.0}), PromptItem("c", "hello")]
+    out = tmp_path / "out.jsonl"
+    records = run_prompts(composer, items, DecodingConfig(max_new_tokens=3), out, batch_size=2, trace=True)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines == records
+    assert [r["id"] for r in lines] == ["a", "b", "c"]
+    assert [r["weights"] for r in lines] == [{"chat": 1.0}, {"chat": 0.0}, {"chat": 1.0}]
+    assert all(
+        len(r["trace"]) == len(composer.tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in lines
+    )
+    assert {r["finish_reason"] for r in lines} <= {"eos", "length"}
