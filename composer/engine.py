@@ -12,6 +12,7 @@ from composer.objectives import Member, Objective
 from composer.plan import Plan
 from composer.scoring import ContinuationScore, score_continuations
 from composer.session import Composed, Session, render_rows
+from composer.speculative import Draft, speculate
 from composer.trace import TokenTrace, trace_row
 from composer.vocab import common_vocab_width
 from composer.weights import WeightOverride, row_weights
@@ -81,8 +82,12 @@ class Composer:
         config: DecodingConfig | None = None,
         weights: WeightOverride = None,
         trace: bool = False,
+        draft: Draft | None = None,
     ) -> list[Completion]:
-        """One completion per prompt (``num_return_sequences`` per prompt when sampling), in prompt order."""
+        """One completion per prompt (``num_return_sequences`` per prompt when sampling), in prompt order.
+
+        With a ``draft``, decoding is speculative: faster when the base dominates the cost, same distribution.
+        """
         config = config or DecodingConfig()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         session, guard_notes = self._session(prompts, weights, config.max_new_tokens)
@@ -91,7 +96,7 @@ class Composer:
         tokens: list[list[int]] = [[] for _ in prompt_of_row]
         traces: list[list[TokenTrace]] = [[] for _ in prompt_of_row]
         reasons = ["length"] * len(prompt_of_row)
-        for _, chosen, composed in self._decode(session, config, repeats):
+        for _, chosen, composed in self._decode(session, config, repeats, draft):
             for row, token in enumerate(chosen.tolist()):
                 if reasons[row] != "length":
                     continue  # finished rows keep decoding padding-like tokens that are thrown away
@@ -144,7 +149,7 @@ class Composer:
         return score_continuations(self, list(prompts), list(continuations), weights)
 
     def _decode(
-        self, session: Session, config: DecodingConfig, repeats: torch.Tensor
+        self, session: Session, config: DecodingConfig, repeats: torch.Tensor, draft: Draft | None = None
     ) -> Iterator[tuple[int, torch.Tensor, Composed]]:
         """Yields (step, chosen tokens (B,), composed parts) until max_new_tokens or the caller stops."""
         composed = session.start()
@@ -152,6 +157,9 @@ class Composer:
             session.select(repeats.to(session.device))
             composed = _select_rows(composed, repeats.to(session.device))
         history = _base_prompt_ids(session).index_select(0, repeats.to(session.device))
+        if draft is not None:
+            yield from speculate(session, composed, history, config, draft)
+            return
         processors = config.processors()
         generator = config.generator(session.device)
         for step in range(config.max_new_tokens):

@@ -79,21 +79,29 @@ class Session:
         for stream, group_rows in zip(self.streams, self.rows, strict=True):
             stream.check_fits([len(r) for r in group_rows], max_new_tokens)
         self.device = self.streams[plan.base.group].device
+        self._schedule_table = torch.empty(len(plan.objectives), 0, dtype=row_weights.dtype)
 
     def start(self) -> Composed:
         """Prefill all streams; the result predicts generated token 0, shape ``(B, 1, V)``."""
         self.generated = 0
         outputs = [s.start(rows).unsqueeze(1) for s, rows in zip(self.streams, self.rows, strict=True)]
-        return self._compose(outputs, first_step=0)
+        return self.compose(outputs, first_step=0)
 
     def extend(self, tokens: torch.Tensor) -> Composed:
         """Append ``tokens`` (B, n) to every stream; position j predicts generated token ``generated + j``."""
         first_step = self.generated + 1
         self.generated += tokens.shape[1]
-        outputs = []
-        for stream, formats in zip(self.streams, self.plan.formats, strict=True):
-            outputs.append(stream.extend(tokens.repeat(len(formats), 1)))
-        return self._compose(outputs, first_step)
+        outputs = [self.advance(group, tokens) for group in range(len(self.streams))]
+        return self.compose(outputs, first_step)
+
+    def advance(self, group: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens`` (B, n) to one group's stream only; its raw logits ``(R, n, V)``.
+
+        The speculative loop advances the draft's streams token by token and the rest in one parallel
+        forward, then composes; it owns the bookkeeping (``crop`` sets every stream's length again).
+        """
+        formats = len(self.plan.formats[group])
+        return self.streams[group].extend(tokens if formats == 1 else tokens.repeat(formats, 1))
 
     def crop(self, generated: int) -> None:
         """Roll every stream back to ``generated`` appended tokens (speculative rejection, assisted decoding)."""
@@ -111,23 +119,39 @@ class Session:
 
     def weights_at(self, first_step: int, n: int) -> torch.Tensor:
         """Effective weights ``(K, B, n)``: each row's weight times each objective's schedule."""
-        schedule = torch.tensor(
-            [[o.schedule(first_step + j) for j in range(n)] for o in self.plan.objectives],
-            dtype=self.row_weights.dtype,
-        ).reshape(len(self.plan.objectives), 1, n)
-        return self.row_weights.unsqueeze(-1) * schedule.to(self.row_weights.device)
+        return self.row_weights.unsqueeze(-1) * self._schedule(first_step + n)[:, None, first_step : first_step + n]
 
-    def _compose(self, outputs: list[torch.Tensor], first_step: int) -> Composed:
+    def _schedule(self, steps: int) -> torch.Tensor:
+        """Every objective's schedule for steps ``[0, steps)``, ``(K, steps)``: computed once, not per step."""
+        if self._schedule_table.shape[1] < steps:
+            steps = max(steps, 2 * self._schedule_table.shape[1], 64)
+            table = [[o.schedule(t) for t in range(steps)] for o in self.plan.objectives]
+            self._schedule_table = torch.tensor(table, dtype=self.row_weights.dtype).reshape(-1, steps)
+            self._schedule_table = self._schedule_table.to(self.row_weights.device)
+        return self._schedule_table
+
+    def compose(
+        self, outputs: Sequence[torch.Tensor | None], first_step: int, base: Slot | None = None, steer: bool = True
+    ) -> Composed:
+        """Composed logits ``(B, n, V)`` from each group's raw logits ``(R, n, V)`` (None where unused).
+
+        ``base`` and ``steer`` let the speculative loop build its draft from the same streams: another
+        member as base, with the objectives (the small models' own composition) or without.
+        """
+
         def view(slot: Slot) -> torch.Tensor:
             logits = outputs[slot.group]
             rows = logits[slot.format * self.batch : (slot.format + 1) * self.batch, :, : self.vocab_width]
             dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
             return rows.to(device=self.device, dtype=dtype)
 
-        base = view(self.plan.base)
+        base = view(base or self.plan.base)
         n = base.shape[1]
         empty = base.new_empty((0, *base.shape))
-        experts = torch.stack([view(s) for s in self.plan.experts]) if self.plan.experts else empty
-        antis = torch.stack([view(s) for s in self.plan.antis]) if self.plan.antis else empty
+        if not steer or not self.plan.objectives:
+            weights = base.new_empty((0, *base.shape[:2]))
+            return Composed(base, base, empty, empty, weights)
+        experts = torch.stack([view(s) for s in self.plan.experts])
+        antis = torch.stack([view(s) for s in self.plan.antis])
         weights = self.weights_at(first_step, n).to(device=self.device, dtype=base.dtype)
         return Composed(combine(base, experts, antis, weights), base, experts, antis, weights)

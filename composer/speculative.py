@@ -1,0 +1,202 @@
+"""Exact speculative composition: a cheap draft proposes ``gamma`` tokens, the composition verifies them at once.
+
+The draft is built from the composition's own streams: by default the anti-expert stands in for the base,
+steered by the same objectives (the small models' own composition), so that the draft's expert and anti-expert
+logits are exactly the ones the target needs, computed once. Only the remaining streams (the large base) run
+over the drafted tokens in one parallel forward. Acceptance follows Leviathan et al. / Chen et al. (2023),
+with the same logits processors applied to target and draft, so the output is distributed exactly as
+non-speculative composed decoding; greedy decoding gives exactly its tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessorList
+
+from composer.decoding import DecodingConfig, choose
+from composer.objectives import Member
+from composer.plan import Plan, Slot
+from composer.session import Composed, Session
+from experts.errors import UserInputError
+from experts.loading import ModelSpec
+
+
+@dataclass
+class SpeculationStats:
+    """Counts over every round since the draft was made; ``acceptance_rate`` is per tested token and row."""
+
+    rounds: int = 0
+    tested: int = 0  # drafted tokens that met the acceptance test (those after a row's rejection never do)
+    accepted: int = 0
+    committed: int = 0  # tokens kept per row, summed over rounds
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.tested if self.tested else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        return self.committed / self.rounds if self.rounds else 0.0
+
+
+@dataclass(frozen=True)
+class Draft:
+    """How to propose tokens. ``model`` must be one of the composition's members; None means the anti-expert
+    that all objectives share. ``steer`` adds the objectives' weighted differences to the draft too."""
+
+    model: Member | ModelSpec | str | None = None
+    steer: bool = True
+    gamma: int = 4
+    stats: SpeculationStats = field(default_factory=SpeculationStats, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, int) or self.gamma < 1:
+            raise UserInputError(f"draft gamma={self.gamma!r} must be a whole number >= 1")
+
+    def slot(self, plan: Plan) -> Slot:
+        """The draft's base among the plan's streams, so that it costs no extra model."""
+        if self.model is None:
+            antis = set(plan.antis)
+            if len(antis) != 1:
+                raise UserInputError("the objectives do not share one anti-expert; name the draft model explicitly")
+            return antis.pop()
+        member = self.model if isinstance(self.model, Member) else Member(_spec(self.model))
+        for slot in [plan.base, *plan.experts, *plan.antis]:
+            if plan.specs[slot.group] == member.model and plan.formats[slot.group][slot.format] == member.format:
+                return slot
+        raise UserInputError(
+            f"draft model {member.model.path!r} is not an expert or anti-expert of this composition; use one of them"
+        )
+
+
+def speculate(
+    session: Session, first: Composed, history: torch.Tensor, config: DecodingConfig, draft: Draft
+) -> Iterator[tuple[int, torch.Tensor, Composed]]:
+    """Yields (step, chosen tokens (B,), composed parts at that step), as the plain decode loop does.
+
+    ``first`` is the started session's output and ``history`` the base's prompt ids (B, L). All rows advance
+    by the same number of tokens per round (the fewest any row keeps), so caches stay rectangular; cutting a
+    row's accepted run short does not change its distribution, since every kept token was drawn exactly.
+    """
+    speculator = _Speculator(session, config, draft)
+    chosen = choose(speculator.processors(history, first.logits[:, -1]), config.do_sample, speculator.generator)
+    yield 0, chosen, first
+    history = torch.cat([history, chosen.unsqueeze(1)], dim=1)
+    generated = 1
+    while generated < config.max_new_tokens:
+        gamma = min(draft.gamma, config.max_new_tokens - generated - 1)
+        tokens, composed = speculator.round(history, generated, gamma)
+        for j in range(tokens.shape[1]):
+            yield generated + j, tokens[:, j], _position(composed, j)
+        generated += tokens.shape[1]
+        history = torch.cat([history, tokens], dim=1)
+
+
+class _Speculator:
+    def __init__(self, session: Session, config: DecodingConfig, draft: Draft) -> None:
+        self.session = session
+        self.config = config
+        self.draft = draft
+        self.base = draft.slot(session.plan)
+        plan = session.plan
+        steered = plan.experts + plan.antis if draft.steer else []
+        self.draft_groups = sorted({self.base.group, *(s.group for s in steered)})
+        self.processors: LogitsProcessorList = config.processors()
+        self.generator = config.generator(session.device)
+
+    def round(self, history: torch.Tensor, generated: int, gamma: int) -> tuple[torch.Tensor, Composed]:
+        """One draft-verify round after ``generated`` tokens, the last of them not yet fed to any stream.
+
+        ``history`` (B, L + generated) ends with them. Returns the kept tokens (B, n), 1 <= n <= gamma + 1,
+        and the target's composition at their positions.
+        """
+        pending = history[:, -1:]
+        drafts, draft_scores, draft_outputs = self._propose(pending, history, generated, gamma)
+        fed = torch.cat([pending, drafts], dim=1)  # (B, gamma + 1): generated tokens generated-1 .. +gamma-1
+        outputs: list[torch.Tensor] = []
+        for group in range(len(self.session.streams)):
+            if group in self.draft_groups:
+                outputs.append(torch.cat([*draft_outputs[group], self.session.advance(group, fed[:, gamma:])], 1))
+            else:
+                outputs.append(self.session.advance(group, fed))
+        composed = self.session.compose(outputs, first_step=generated)
+        tokens = self._accept(composed, drafts, draft_scores, history)
+        self.session.crop(generated + tokens.shape[1] - 1)
+        return tokens, composed
+
+    def _propose(
+        self, pending: torch.Tensor, history: torch.Tensor, generated: int, gamma: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, list[torch.Tensor]]]:
+        """``gamma`` draft tokens (B, gamma), the draft's processed scores for each, and its groups' raw logits."""
+        outputs: dict[int, list[torch.Tensor]] = {g: [] for g in self.draft_groups}
+        feed, drafts, scores = pending, [], []
+        for i in range(gamma):
+            step: list[torch.Tensor | None] = [None] * len(self.session.streams)
+            for group in self.draft_groups:
+                step[group] = self.session.advance(group, feed)
+                outputs[group].append(step[group])
+            logits = self.session.compose(step, generated + i, base=self.base, steer=self.draft.steer).logits
+            scores.append(self.processors(_extended(history, drafts), logits[:, -1]))
+            feed = choose(scores[-1], self.config.do_sample, self.generator).unsqueeze(1)
+            drafts.append(feed)
+        empty = pending.new_empty((pending.shape[0], 0))
+        return torch.cat(drafts, dim=1) if drafts else empty, scores, outputs
+
+    def _accept(
+        self, composed: Composed, drafts: torch.Tensor, draft_scores: list[torch.Tensor], history: torch.Tensor
+    ) -> torch.Tensor:
+        """The kept tokens (B, n): the prefix every row accepted, then each row's own next token there."""
+        stats, gamma, rows = self.draft.stats, drafts.shape[1], drafts.shape[0]
+        for i in range(gamma + 1):
+            target = self.processors(_extended(history, [drafts[:, :i]]), composed.logits[:, i])
+            if i == gamma:  # every draft accepted: a bonus token from the target
+                last = choose(target, self.config.do_sample, self.generator)
+                break
+            accepted, last = self._test(target, draft_scores[i], drafts[:, i])
+            stats.tested += rows
+            stats.accepted += int(accepted.sum())
+            if not bool(accepted.all()):
+                break
+        stats.rounds += 1
+        stats.committed += i + 1
+        return torch.cat([drafts[:, :i], last.unsqueeze(1)], dim=1)
+
+    def _test(
+        self, target: torch.Tensor, proposal: torch.Tensor, drafted: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: was the drafted token accepted, and the token to keep at this position (drafted or corrected)."""
+        if not self.config.do_sample:
+            best = target.argmax(-1)
+            return best == drafted, best
+        p, q = torch.softmax(target, -1), torch.softmax(proposal, -1)
+        p_x, q_x = p.gather(-1, drafted[:, None])[:, 0], q.gather(-1, drafted[:, None])[:, 0]
+        uniform = torch.rand(p_x.shape, generator=self.generator, device=p.device, dtype=p.dtype)
+        accepted = uniform * q_x < p_x  # probability min(1, p(x) / q(x))
+        residual = (p - q).clamp(min=0)
+        residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p)  # p == q: nothing to correct
+        corrected = torch.multinomial(residual, 1, generator=self.generator)[:, 0]
+        return accepted, torch.where(accepted, drafted, corrected)
+
+
+def _extended(history: torch.Tensor, drafted: list[torch.Tensor]) -> torch.Tensor:
+    """The ids the processors see (repetition penalty): history followed by the drafted tokens so far."""
+    return torch.cat([history, *drafted], dim=1) if drafted else history
+
+
+def _position(composed: Composed, j: int) -> Composed:
+    """The composition at one position, shaped as the plain loop's (B, 1, V)."""
+    at = slice(j, j + 1)
+    return Composed(
+        composed.logits[:, at],
+        composed.base[:, at],
+        composed.experts[:, :, at],
+        composed.antis[:, :, at],
+        composed.weights[:, :, at],
+    )
+
+
+def _spec(model: ModelSpec | str) -> ModelSpec:
+    return ModelSpec(model) if isinstance(model, str) else model

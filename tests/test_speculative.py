@@ -1,0 +1,131 @@
+"""Speculative composition is exact: greedy gives the plain loop's tokens, sampling the composed distribution."""
+
+import pytest
+import torch
+
+from composer import Chat, Composer, DecodingConfig, Linear, Member, ModelSpec, Objective, Template, UserInputError
+from composer.speculative import Draft
+from tests.tiny_models import build_model, build_tokenizer
+
+
+def objectives(paths: dict[str, str]) -> list[Objective]:
+    """Two objectives sharing one anti-expert, a prompted expert, and a schedule that moves within a window."""
+    return [
+        Objective(
+            "safe", Member(ModelSpec(paths["expert_a"]), Chat(system="be safe")), Member(ModelSpec(paths["anti"]))
+        ),
+        Objective(
+            "code",
+            Member(ModelSpec(paths["expert_b"]), Template("question {prompt} answer")),
+            Member(ModelSpec(paths["anti"])),
+            weight=-0.6,
+            schedule=Linear(start=1.0, end=0.0, steps=5),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+def test_greedy_tokens_equal_plain_greedy(tiny, gamma):
+    composer = Composer(tiny["base"], objectives(tiny))
+    prompts = ["the cat sat on", "hello world please help me write a function", "x"]
+    config = DecodingConfig(max_new_tokens=14)
+    plain = composer.generate(prompts, config, trace=True)
+    draft = Draft(gamma=gamma)
+    fast = composer.generate(prompts, config, draft=draft, trace=True)
+    assert [f.token_ids for f in fast] == [p.token_ids for p in plain]
+    assert [t.contributions for t in fast[0].trace] == pytest.approx([t.contributions for t in plain[0].trace])
+    assert draft.stats.rounds > 0 and draft.stats.tested > 0
+
+
+def test_a_single_small_expert_can_draft(tiny):
+    composer = Composer(tiny["base"], objectives(tiny))
+    config = DecodingConfig(max_new_tokens=10)
+    plain = composer.generate("the dog ran", config)[0]
+    draft = Draft(model=Member(ModelSpec(tiny["expert_b"]), Template("question {prompt} answer")), steer=False)
+    assert composer.generate("the dog ran", config, draft=draft)[0].token_ids == plain.token_ids
+
+
+def test_draft_must_be_a_member(tiny):
+    composer = Composer(tiny["base"], objectives(tiny))
+    with pytest.raises(UserInputError, match="not an expert or anti-expert"):
+        composer.generate("the cat", DecodingConfig(max_new_tokens=3), draft=Draft(model=tiny["expert_c"]))
+
+
+@pytest.fixture(scope="module")
+def small_vocab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Models over a 10-token vocabulary, so that the distribution of two tokens has few cells."""
+    tokenizer = build_tokenizer(["a", "b", "c"])
+    root = tmp_path_factory.mktemp("small_vocab")
+    shapes = {"base": (0, 3, 48), "expert_a": (1, 2, 32), "expert_b": (2, 2, 32), "anti": (4, 2, 32)}
+    return {
+        name: str(build_model(root / name, seed, tokenizer, layers=layers, hidden=hidden))
+        for name, (seed, layers, hidden) in shapes.items()
+    }
+
+
+def exact_pair_distribution(composer: Composer, prompt: str, config: DecodingConfig) -> torch.Tensor:
+    """P(token 1, token 2) of plain composed sampling, (V, V), summed over token 0, by enumeration."""
+    processors = config.processors()
+    session = composer.session([prompt], max_new_tokens=3)
+    history = torch.tensor([composer.tokenizer(prompt)["input_ids"]])
+
+    def probs(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(processors(ids, logits[:, -1].double()), -1)[0]
+
+    p0 = probs(history, session.start().logits)
+    width = p0.shape[0]
+    joint = torch.zeros(width, width, dtype=torch.float64)
+    for t0 in p0.nonzero()[:, 0].tolist():
+        session.crop(0)
+        h1 = torch.cat([history, torch.tensor([[t0]])], 1)
+        p1 = probs(h1, session.extend(torch.tensor([[t0]])).logits)
+        for t1 in p1.nonzero()[:, 0].tolist():
+            session.crop(1)
+            h2 = torch.cat([h1, torch.tensor([[t1]])], 1)
+            joint[t1] += p0[t0] * p1[t1] * probs(h2, session.extend(torch.tensor([[t1]])).logits)
+    return joint
+
+
+def chi_square_p_value(counts: torch.Tensor, expected: torch.Tensor) -> float:
+    """Pearson's test, with cells expecting fewer than 5 draws pooled into one."""
+    small = expected < 5
+    observed = torch.cat([counts[~small], counts[small].sum().reshape(1)])
+    expected = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    keep = expected > 0
+    statistic = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum()
+    degrees = int(keep.sum()) - 1
+    return float(torch.special.gammaincc(torch.tensor(degrees / 2), statistic / 2))
+
+
+@pytest.mark.parametrize("drafter", ["anti", "base"])
+def test_sampling_matches_the_composed_distribution(small_vocab, drafter):
+    """Tokens 1 and 2 are drafted, verified, corrected or added as bonus: their joint law must be the target's.
+
+    In a batch this large some row always rejects, so the anti-expert's draft checks the correction path;
+    the base's own composition as draft is always accepted and checks the bonus path.
+    """
+    composer = Composer(small_vocab["base"], objectives(small_vocab))
+    composer.eos_ids = set()  # fixed-length samples: every draw yields tokens 1 and 2
+    draws = 4000
+    config = DecodingConfig(
+        max_new_tokens=3,
+        do_sample=True,
+        temperature=1.7,
+        top_k=7,
+        top_p=0.97,
+        repetition_penalty=1.3,
+        num_return_sequences=draws,
+        seed=0,
+    )
+    draft = Draft(model=small_vocab[drafter], gamma=2)
+    samples = composer.generate("a b", config, draft=draft)
+    pairs = torch.tensor([s.token_ids[1:3] for s in samples])
+    expected = exact_pair_distribution(composer, "a b", config)
+    counts = torch.zeros_like(expected).index_put_((pairs[:, 0], pairs[:, 1]), torch.tensor(1.0).double(), True)
+    if drafter == "base":
+        assert draft.stats.acceptance_rate == 1.0 and draft.stats.tokens_per_round > 1
+    else:
+        assert 0.05 < draft.stats.acceptance_rate < 0.95
+    assert chi_square_p_value(counts.flatten(), draws * expected.flatten()) > 1e-3
+    other = exact_pair_distribution(Composer(small_vocab["anti"], objectives(small_vocab)), "a b", config)
+    assert chi_square_p_value(counts.flatten(), draws * other.flatten()) < 1e-6  # the test tells laws apart
