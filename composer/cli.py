@@ -44,12 +44,18 @@ def main() -> None:
     if args[:1] == ["validate"]:
         sys.exit(_edge(lambda: validate(args[1:])))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach _edge instead of its multi-line printer
-    sys.exit(_edge(lambda: run() or (1 if FAILED_JOBS else 0)))
+    sys.exit(_edge(_run_command))
+
+
+def _run_command() -> int:
+    run()
+    return 1 if FAILED_JOBS else 0
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def run(cfg: DictConfig) -> None:
-    """One job. In a sweep, a job that raises is recorded in its metrics.json and the other jobs go on."""
+def run(cfg: DictConfig) -> list[float] | None:
+    """One job. In a sweep, a job that raises is recorded in its metrics.json and the other jobs go on; a
+    finished sweep job returns its metrics in objective order, the values that the Optuna sweeper optimises."""
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
@@ -59,13 +65,14 @@ def run(cfg: DictConfig) -> None:
         except UserInputError as err:  # exit here: past this point Hydra would print an extra line
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        return
+        return None
     try:
-        run_job(cfg, job_dir, overrides)
+        return list(run_job(cfg, job_dir, overrides)["metrics"].values())
     except Exception as err:  # any failure, OOM included: the report marks this sweep point
         record_failure(job_dir, overrides, err)
         FAILED_JOBS.append(hydra_cfg.job.num)
         print(f"error: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {one_line(err)}", file=sys.stderr)
+        return None
 
 
 def validate(overrides: list[str]) -> int:

@@ -76,7 +76,7 @@ class RunConfig:
     prompts_file: str | None = None  # .txt (one prompt a line) or .jsonl ({"id", "prompt", "weights"?})
     output: str | None = None  # default: completions.jsonl in the Hydra run dir
     resume: bool = False
-    batch_size: int = 1
+    batch_size: int = 8  # records are written as each batch finishes
     trace: bool = False
     allow_targets: list[str] = field(default_factory=list)
 

@@ -25,7 +25,8 @@ def cli(*args: str, cwd: Path, pythonpath: str = str(REPO)) -> subprocess.Comple
 
 
 def _env(pythonpath: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1"}
+    # one torch thread: on a busy 2-core machine, two threads per process spin against each other
+    return {**os.environ, "PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ prompts: ["the cat sat", "hello world"]
 
 
 def test_killed_run_resumes_without_losing_or_repeating_a_record(plugin: Path, tmp_path: Path):
-    ids = [f"p{n:02}" for n in range(1, 9)]
+    ids = [f"p{n:02}" for n in range(1, 41)]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "prompt": f"the cat {i}", "weights": {"helpful": 0.5}}) + "\n"
                                for i in ids))  # fmt: skip
@@ -69,7 +70,7 @@ def test_killed_run_resumes_without_losing_or_repeating_a_record(plugin: Path, t
     with out.open("ab") as f:
         f.write(b'{"id": "p99", "prompt": "a torn wri')  # what a kill in the middle of a write leaves
 
-    second = cli(*common, "resume=true", "batch_size=4", f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    second = cli(*common, "resume=true", "batch_size=20", f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
 
     assert second.returncode == 0, second.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
