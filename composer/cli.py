@@ -27,6 +27,7 @@ from composer import report
 from composer.config import build_base, build_decoding, build_metrics, build_objectives, register_configs
 from composer.plan import Plan
 from composer.runner import record_failure, run_job
+from composer.weights import row_weights
 from experts.errors import UserInputError
 
 CONF_DIR = Path(__file__).parent / "_conf"  # a link to the repo's conf/ (a copy in the wheel)
@@ -93,6 +94,7 @@ def _describe(cfg: DictConfig) -> str:
     base, objectives = build_base(cfg), build_objectives(cfg)
     build_decoding(cfg)
     build_metrics(cfg)
+    row_weights(objectives, 1, None, list(cfg.override_guards))  # bounds and protected objectives
     plan = Plan(base, objectives)
     for spec in plan.specs:
         if spec.path.startswith("/") and not Path(spec.path).is_dir():

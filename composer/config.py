@@ -49,6 +49,8 @@ class ObjectiveConfig:
     weight: float = 1.0
     schedule: Any = field(default_factory=lambda: {"_target_": "composer.schedules.Constant"})
     metric: Any = None  # a _target_ node building a composer.metrics.Metric, or null
+    bounds: list[float | None] | None = None  # [low, high] allowed for weight * schedule(t); null = open
+    protected: bool = False  # refuse a negative effective weight unless named in override_guards
 
 
 @dataclass
@@ -79,6 +81,7 @@ class RunConfig:
     batch_size: int = 8  # records are written as each batch finishes
     trace: bool = False
     allow_targets: list[str] = field(default_factory=list)
+    override_guards: list[str] = field(default_factory=list)  # objectives whose bounds/protection may be broken
 
 
 def register_configs() -> None:
@@ -107,6 +110,8 @@ def build_objectives(cfg: DictConfig) -> list[Objective]:
             anti=build_member(f"objectives.{name}.anti", node.anti),
             weight=node.weight,
             schedule=instantiate_allowed(f"objectives.{name}.schedule", node.schedule, allow),
+            bounds=None if node.bounds is None else tuple(node.bounds),
+            protected=node.protected,
         )
         for name, node in cfg.objectives.items()
     ]
@@ -129,7 +134,7 @@ def build_decoding(cfg: DictConfig) -> DecodingConfig:
 
 def build_composer(cfg: DictConfig) -> Composer:
     """The Composer for a composed config: the one step that loads weights."""
-    return Composer(build_base(cfg), build_objectives(cfg))
+    return Composer(build_base(cfg), build_objectives(cfg), override_guards=list(cfg.override_guards))
 
 
 def build_member(key: str, node: DictConfig) -> Member:

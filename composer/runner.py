@@ -210,6 +210,8 @@ def _record(item: PromptItem, completions: list[Completion], trace: bool) -> dic
         "weights": completions[0].weights,
         "finish_reason": pick([c.finish_reason for c in completions]),
     }
+    if completions[0].guards_overridden:
+        record["guards_overridden"] = completions[0].guards_overridden
     if trace:
         record["trace"] = pick([[asdict(t) for t in c.trace or []] for c in completions])
     return record

@@ -174,3 +174,16 @@ def test_validate_checks_every_recipe_without_loading_weights(capsys: pytest.Cap
     assert all(line.startswith("ok") for line in lines if "tiny" not in line)
     family_ready = all((Path(family.MODELS_DIR) / f"tiny-expert-{n}").is_dir() for n in family.OBJECTIVES)
     assert status == (0 if family_ready else 1)
+
+
+def test_guards_of_a_protected_objective_are_checked_before_loading(capsys: pytest.CaptureFixture[str]):
+    cfg = compose_run("recipe=code_safety", "objectives.code.bounds=[0,2]")
+    assert [(o.name, o.protected, o.bounds) for o in build_objectives(cfg)] == [
+        ("safety", True, None),
+        ("code", False, (0.0, 2.0)),
+    ]
+    validate(["objectives.safety.weight=-1"])
+    refused = capsys.readouterr().out
+    assert "FAIL  code_safety: objective 'safety': protected objective would get a negative weight" in refused
+    validate(["objectives.safety.weight=-1", "override_guards=[safety]"])
+    assert "ok    code_safety:" in capsys.readouterr().out
