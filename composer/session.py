@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from einops import einsum
 
 from composer.combine import combine
 from composer.plan import Plan, Slot
@@ -154,4 +155,18 @@ class Session:
         experts = torch.stack([view(s) for s in self.plan.experts])
         antis = torch.stack([view(s) for s in self.plan.antis])
         weights = self.weights_at(first_step, n).to(device=self.device, dtype=base.dtype)
-        return Composed(combine(base, experts, antis, weights), base, experts, antis, weights)
+        return Composed(_combine_unmasked_fast(base, experts, antis, weights), base, experts, antis, weights)
+
+
+def _combine_unmasked_fast(
+    base: torch.Tensor, experts: torch.Tensor, antis: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """``combine`` without its -inf bookkeeping when nothing is masked, where it gives the same values bitwise.
+
+    The bookkeeping costs several passes over (K, B, n, V); one sum tells whether it is needed: any -inf,
+    NaN or overflow makes the sum non-finite and takes the careful path.
+    """
+    steered = base + einsum(weights, experts - antis, "k ..., k ... v -> ... v")
+    if bool(steered.sum().isfinite()):
+        return steered
+    return combine(base, experts, antis, weights)

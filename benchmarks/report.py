@@ -1,0 +1,68 @@
+"""Ratios against the performance targets, and the Markdown table the README shows."""
+
+from __future__ import annotations
+
+from benchmarks.cases import MAX_K, SPECULATIVE_K
+
+MB = 2**20
+
+
+def ratios(times: dict[str, float]) -> dict[str, float]:
+    """Each target's ratio from one cell's median times (seconds per generate call)."""
+    out: dict[str, float] = {}
+    for k in range(1, MAX_K + 1):
+        streams = times["single:base"] + times["single:anti"] + sum(times[f"single:expert{i}"] for i in range(k))
+        out[f"overhead_k{k}"] = times[f"compose:k{k}"] / streams
+        out[f"naive_speedup_k{k}"] = times[f"naive:k{k}"] / times[f"compose:k{k}"]
+    out["prompted_speedup"] = times["prompted:one-by-one"] / times["prompted:batched"]
+    out["k0_over_transformers"] = times["single:base"] / times["transformers:base"]
+    for k in SPECULATIVE_K:
+        out[f"speculative_speedup_k{k}"] = times[f"compose:k{k}"] / times[f"speculative:k{k}"]
+        out[f"speculative_speedup_k{k}_sample"] = times[f"compose:k{k}:sample"] / times[f"speculative:k{k}:sample"]
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"Command: `{results['command']}` ({results['threads']} torch thread(s), {results['repeats']} repeats, "
+        f"medians; ratios within one interleaved run)",
+        "",
+    ]
+    for models in results["sets"]:
+        lines += [f"### {models['name']}: {models['description']}", ""]
+        lines += [
+            "| prompt, new, batch | base tok/s | K=3 tok/s | overhead K=1/2/3/4 (<= 1.10) | vs naive K=3 (>= 1.4) "
+            "| prompted batched (>= 1.8) | K=0 / HF generate (<= 1.0) | speculative K=1/K=3 greedy (>= 2) "
+            "| speculative K=3 sampling | acceptance K=3 greedy / sampling |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for cell in models["cells"]:
+            case, t, r, acc = cell["case"], cell["tokens_per_s"], cell["ratios"], cell["acceptance"]
+            overhead = "/".join(f"{r[f'overhead_k{k}']:.2f}" for k in range(1, MAX_K + 1))
+            lines.append(
+                f"| {case['prompt']}, {case['new']}, {case['batch']} | {t['single:base']:.0f} | {t['compose:k3']:.0f} "
+                f"| {overhead} | {r['naive_speedup_k3']:.2f}x | {r['prompted_speedup']:.2f}x "
+                f"| {r['k0_over_transformers']:.2f} "
+                f"| {r['speculative_speedup_k1']:.2f}x / {r['speculative_speedup_k3']:.2f}x "
+                f"| {r['speculative_speedup_k3_sample']:.2f}x "
+                f"| {acc['speculative:k3']:.2f} / {acc['speculative:k3:sample']:.2f} |"
+            )
+        lines.append("")
+    if results["memory"]:
+        lines += [
+            "### Peak memory (one child process per row)",
+            "",
+            "| set, K, prompt, new, batch | models in memory / unique | weights MB | KV MB | interpreter MB "
+            "| peak RSS MB | limit 1.15 x (weights + KV) + interpreter | growth per step beyond KV |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for m in results["memory"]:
+            c = m["case"]
+            limit = 1.15 * (m["weights"] + m["kv_cache"]) + m["interpreter_rss"]
+            lines.append(
+                f"| {m['set']}, {m['k']}, {c['prompt']}, {c['new']}, {c['batch']} "
+                f"| {m['distinct_models']} / {m['unique_specs']} | {m['weights'] / MB:.0f} | {m['kv_cache'] / MB:.1f} "
+                f"| {m['interpreter_rss'] / MB:.0f} | {m['peak_rss'] / MB:.0f} | {limit / MB:.0f} "
+                f"| {m['growth_per_step_beyond_cache'] / 1024:.0f} KB |"
+            )
+    return "\n".join(lines) + "\n"
