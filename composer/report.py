@@ -60,6 +60,8 @@ def main(argv: list[str]) -> int:
 
 
 def build_report(sweep_dir: Path) -> Report:
+    if not sweep_dir.is_dir():
+        raise UserInputError(f"sweep folder {str(sweep_dir)!r} not found")
     jobs = [_read_job(folder) for folder in _job_folders(sweep_dir)]
     if not jobs:
         raise UserInputError(f"no jobs in {str(sweep_dir)!r}: expected a multirun folder of numbered job folders")

@@ -70,8 +70,9 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
 
 def record_failure(job_dir: Path, overrides: Sequence[str], error: BaseException) -> None:
     """metrics.json for a job that raised, so that the sweep report can show which point failed and why."""
-    message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    write_metrics(job_dir, {"status": "failed", "overrides": list(overrides), "error": message.rstrip(": ")})
+    text = str(error).strip()
+    message = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    write_metrics(job_dir, {"status": "failed", "overrides": list(overrides), "error": message})
 
 
 def write_metrics(job_dir: Path, summary: dict[str, Any]) -> None:
