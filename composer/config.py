@@ -2,7 +2,8 @@
 
 The dataclasses below are registered in Hydra's ConfigStore, so a misspelt key or a wrong type fails when the
 config is composed, naming the key. ``_target_`` nodes (schedules, metrics) are instantiated only from the
-project's own modules or from modules the config lists in ``allow_targets``: a recipe cannot call arbitrary code.
+project's schedule and metric modules or from modules the config lists in ``allow_targets``: a recipe cannot
+call arbitrary code.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from experts.errors import UserInputError
 from experts.loading import ModelSpec
 from experts.prompts import Chat, PromptFormat, Raw, Template
 
-PROJECT_MODULES = ("composer", "experts")
+# The project's modules meant to be built from a config. Not all of composer.* and experts.*: those include
+# functions with side effects (experts.family.train.main retrains the family; the sandbox runs code).
+PROJECT_MODULES = ("composer.schedules", "composer.metrics")
 FORMATS = ("raw", "chat", "template")
 
 
@@ -171,7 +174,7 @@ def instantiate_allowed(key: str, node: Any, allow: list[str]) -> Any:
     for target in _targets(node):
         if not _allowed(target, allow):
             raise UserInputError(
-                f"{key}: _target_ {target!r} is not allowed; use composer.* or experts.*, "
+                f"{key}: _target_ {target!r} is not allowed; use composer.schedules.* or composer.metrics.*, "
                 "or list its module in allow_targets"
             )
     try:

@@ -109,6 +109,7 @@ def test_a_misspelt_key_inside_a_recipe_file_names_it(tmp_path: Path):
         "+objectives.safety.schedule.command=ls",
         "objectives.safety.metric._target_=builtins.eval",
         "objectives.safety.metric._target_=composerx.evil",
+        "objectives.safety.metric._target_=experts.family.train.main",
     ],
 )
 def test_foreign_targets_are_refused_in_one_line(override: str):
