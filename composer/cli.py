@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -117,7 +118,7 @@ def one_line(err: BaseException) -> str:
     return " ".join(parts) or type(err).__name__
 
 
-def _edge(command) -> int:
+def _edge(command: Callable[[], int]) -> int:
     try:
         return command()
     except USER_ERRORS as err:
