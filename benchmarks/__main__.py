@@ -26,16 +26,23 @@ from benchmarks.timing import interleaved  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FULL_CASES = [Case(p, n, b) for p, n in [(8, 256), (256, 8), (64, 64)] for b in (1, 8)]
-LARGE_CASES = [Case(64, 64, 1), Case(64, 64, 8)]  # the ~100M base: fewer cells, it is slow on two cores
+LARGE_CASES = [Case(64, 64, 1)]  # the ~100M base: one cell and the K=3 variants only, it is slow on two cores
+LARGE_VARIANTS = (
+    *(f"single:{name}" for name in ("base", "anti", "expert0", "expert1", "expert2")),
+    *("compose:k3", "naive:k3", "transformers:", "speculative:k3", "prompted:"),
+)
 QUICK_CASES = [Case(8, 16, 1)]
 MEMORY = [("random-10m", 3, Case(64, 64, 8)), ("random-100m", 3, Case(64, 64, 8))]
 
 
-def measure_cell(models: ModelSet, case: Case, repeats: int) -> dict:
+def measure_cell(models: ModelSet, case: Case, repeats: int, only: tuple[str, ...] = ("",)) -> dict:
+    """All variants (or those whose names start with one of ``only``) interleaved on one cell."""
     texts = prompts(models, case)
     runs, drafts = composer_runs(models, case, texts)
     runs["transformers:base"] = transformers_run(models, case, texts)
     runs |= naive_runs(models, case, texts) | prompted_runs(models, case, texts)
+    runs = {name: run for name, run in runs.items() if name.startswith(only)}
+    drafts = {name: draft for name, draft in drafts.items() if name in runs}
     times = interleaved(runs, repeats)
     return {
         "case": case.__dict__,
@@ -76,11 +83,12 @@ def main() -> None:
         if models is None:
             print(f"skipping {name}: not trained yet", file=sys.stderr)
             continue
-        cases = QUICK_CASES if args.quick else LARGE_CASES if name == "random-100m" else FULL_CASES
+        large = name == "random-100m" and not args.quick
+        cases = QUICK_CASES if args.quick else LARGE_CASES if large else FULL_CASES
         cells = []
         for case in cases:
             started = time.perf_counter()
-            cells.append(measure_cell(models, case, repeats))
+            cells.append(measure_cell(models, case, repeats, LARGE_VARIANTS if large else ("",)))
             print(f"{name} {case.label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
         results["sets"].append({"name": name, "description": models.description, "cells": cells})
     memory = [("random-10m", 3, QUICK_CASES[0])] if args.quick else [m for m in MEMORY if m[0] in names]

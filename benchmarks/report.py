@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
+
 from benchmarks.cases import MAX_K, SPECULATIVE_K
 
 MB = 2**20
 
 
-def ratios(times: dict[str, float]) -> dict[str, float]:
-    """Each target's ratio from one cell's median times (seconds per generate call)."""
+def ratios(times: dict[str, float]) -> dict[str, float | None]:
+    """Each target's ratio from one cell's median times (seconds per generate call); None where not measured."""
+    t = defaultdict(lambda: math.nan, times)
     out: dict[str, float] = {}
     for k in range(1, MAX_K + 1):
-        streams = times["single:base"] + times["single:anti"] + sum(times[f"single:expert{i}"] for i in range(k))
-        out[f"overhead_k{k}"] = times[f"compose:k{k}"] / streams
-        out[f"naive_speedup_k{k}"] = times[f"naive:k{k}"] / times[f"compose:k{k}"]
-    out["prompted_speedup"] = times["prompted:one-by-one"] / times["prompted:batched"]
-    out["k0_over_transformers"] = times["single:base"] / times["transformers:base"]
+        streams = t["single:base"] + t["single:anti"] + sum(t[f"single:expert{i}"] for i in range(k))
+        out[f"overhead_k{k}"] = t[f"compose:k{k}"] / streams
+        out[f"naive_speedup_k{k}"] = t[f"naive:k{k}"] / t[f"compose:k{k}"]
+    out["prompted_speedup"] = t["prompted:one-by-one"] / t["prompted:batched"]
+    out["k0_over_transformers"] = t["single:base"] / t["transformers:base"]
     for k in SPECULATIVE_K:
-        out[f"speculative_speedup_k{k}"] = times[f"compose:k{k}"] / times[f"speculative:k{k}"]
-        out[f"speculative_speedup_k{k}_sample"] = times[f"compose:k{k}:sample"] / times[f"speculative:k{k}:sample"]
-    return out
+        out[f"speculative_speedup_k{k}"] = t[f"compose:k{k}"] / t[f"speculative:k{k}"]
+        out[f"speculative_speedup_k{k}_sample"] = t[f"compose:k{k}:sample"] / t[f"speculative:k{k}:sample"]
+    return {name: None if math.isnan(value) else value for name, value in out.items()}
+
+
+def _f(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.2f}{unit}"
 
 
 def markdown(results: dict) -> str:
@@ -38,14 +46,14 @@ def markdown(results: dict) -> str:
         ]
         for cell in models["cells"]:
             case, t, r, acc = cell["case"], cell["tokens_per_s"], cell["ratios"], cell["acceptance"]
-            overhead = "/".join(f"{r[f'overhead_k{k}']:.2f}" for k in range(1, MAX_K + 1))
+            overhead = "/".join(_f(r[f"overhead_k{k}"]) for k in range(1, MAX_K + 1))
             lines.append(
                 f"| {case['prompt']}, {case['new']}, {case['batch']} | {t['single:base']:.0f} | {t['compose:k3']:.0f} "
-                f"| {overhead} | {r['naive_speedup_k3']:.2f}x | {r['prompted_speedup']:.2f}x "
-                f"| {r['k0_over_transformers']:.2f} "
-                f"| {r['speculative_speedup_k1']:.2f}x / {r['speculative_speedup_k3']:.2f}x "
-                f"| {r['speculative_speedup_k3_sample']:.2f}x "
-                f"| {acc['speculative:k3']:.2f} / {acc['speculative:k3:sample']:.2f} |"
+                f"| {overhead} | {_f(r['naive_speedup_k3'], 'x')} | {_f(r['prompted_speedup'], 'x')} "
+                f"| {_f(r['k0_over_transformers'])} "
+                f"| {_f(r['speculative_speedup_k1'], 'x')} / {_f(r['speculative_speedup_k3'], 'x')} "
+                f"| {_f(r['speculative_speedup_k3_sample'], 'x')} "
+                f"| {_f(acc.get('speculative:k3'))} / {_f(acc.get('speculative:k3:sample'))} |"
             )
         lines.append("")
     if results["memory"]:

@@ -175,6 +175,8 @@ class _Speculator:
         p_x, q_x = p.gather(-1, drafted[:, None])[:, 0], q.gather(-1, drafted[:, None])[:, 0]
         uniform = torch.rand(p_x.shape, generator=self.generator, device=p.device, dtype=p.dtype)
         accepted = uniform * q_x < p_x  # probability min(1, p(x) / q(x))
+        if bool(accepted.all()):
+            return accepted, drafted  # no correction needed: skip the residual's sampling
         residual = (p - q).clamp(min=0)
         residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p)  # p == q: nothing to correct
         corrected = torch.multinomial(residual, 1, generator=self.generator)[:, 0]
