@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-WORDS = (
+WORDS = (  # noqa: SIM905 - a sentence of words reads better than a column of strings
     "the a cat dog sat on mat and ran to park is safe code print def return if else x y z 1 2 3 4 5 "
     "hello world question answer yes no please help me write function add two numbers"
 ).split()
