@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import cache
 
 from experts.family.world.example import Example, sample_split
 from experts.family.world.sandbox import run_tests
@@ -105,8 +106,10 @@ FAMILIES = (
 )
 
 
+@cache
 def _expected_tests(name: str, code: str, args: str) -> str:
-    """Unit tests whose expected values come from running the reference solution."""
+    """Unit tests whose expected values come from running the reference solution (cached: sampling for a
+    small split redraws the same functions many times)."""
     namespace: dict[str, object] = {}
     exec(code, namespace)
     function = namespace[name]
