@@ -32,7 +32,7 @@ LARGE_VARIANTS = (
     *("compose:k3", "naive:k3", "transformers:", "speculative:k3", "prompted:"),
 )
 QUICK_CASES = [Case(8, 16, 1)]
-MEMORY = [("random-10m", 3, Case(64, 64, 8)), ("random-100m", 3, Case(64, 64, 8))]
+MEMORY = [(name, 3, Case(64, 64, 8)) for name in ("random-10m", "family", "random-100m")]
 
 
 def measure_cell(models: ModelSet, case: Case, repeats: int, only: tuple[str, ...] = ("",)) -> dict:
@@ -91,8 +91,8 @@ def main() -> None:
             cells.append(measure_cell(models, case, repeats, LARGE_VARIANTS if large else ("",)))
             print(f"{name} {case.label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
         results["sets"].append({"name": name, "description": models.description, "cells": cells})
-    memory = [("random-10m", 3, QUICK_CASES[0])] if args.quick else [m for m in MEMORY if m[0] in names]
-    results["memory"] = [memory_row(*m) for m in memory]
+    memory = [("random-10m", 3, QUICK_CASES[0])] if args.quick else MEMORY
+    results["memory"] = [memory_row(*m) for m in memory if m[0] != "family" or family_set()]
     args.out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=1)
     (args.out / "latest.json").write_text(text)

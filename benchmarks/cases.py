@@ -80,6 +80,8 @@ def composer_runs(models: ModelSet, case: Case, texts: list[str]) -> tuple[dict[
             drafts[f"speculative:k{k}:sample"] = Draft()
             runs[f"compose:k{k}:sample"] = _generate(composer, texts, sample)
             runs[f"speculative:k{k}:sample"] = _generate(composer, texts, sample, drafts[f"speculative:k{k}:sample"])
+            drafts[f"speculative:k{k}:expert"] = Draft(model=models.experts[0], steer=False)
+            runs[f"speculative:k{k}:expert"] = _generate(composer, texts, greedy, drafts[f"speculative:k{k}:expert"])
     return runs, drafts
 
 

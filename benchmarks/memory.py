@@ -7,8 +7,8 @@ starts one child per measurement.
 from __future__ import annotations
 
 import json
-import resource
 import sys
+from pathlib import Path
 
 import psutil
 import torch
@@ -36,6 +36,12 @@ def weight_bytes(composer: Composer) -> tuple[int, int]:
     return sum(storages.values()), len(models)
 
 
+def peak_rss() -> int:
+    """VmHWM: unlike getrusage's ru_maxrss, it is not inherited from the parent across fork and exec."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+
+
 @torch.inference_mode()
 def measure(models: ModelSet, k: int, case: Case) -> dict:
     rss = psutil.Process().memory_info
@@ -50,7 +56,7 @@ def measure(models: ModelSet, k: int, case: Case) -> dict:
         if step + 2 in (case.new // 4, case.new):
             checkpoints[step + 2] = (rss().rss, cache_bytes(session))
     kv = cache_bytes(session)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     (early, (rss_early, kv_early)), (late, (rss_late, kv_late)) = sorted(checkpoints.items())
     return {
         "set": models.name,
