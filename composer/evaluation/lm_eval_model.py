@@ -38,18 +38,31 @@ class ComposerLM(LM):
         return [logprob for logprob, _ in self.loglikelihood(pairs, disable_tqdm)]
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
-        results = []
-        for request in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
-            context, kwargs = request.args
-            until = kwargs.get("until") or []
-            config = DecodingConfig(
-                max_new_tokens=kwargs.get("max_gen_toks", self.max_gen_toks),
-                do_sample=bool(kwargs.get("do_sample", False)),
-                temperature=kwargs.get("temperature") or 1.0,
-                stop=tuple([until] if isinstance(until, str) else until),
-            )
-            results.append(self.composer.generate([context], config)[0].text)
+        """Requests that share generation settings run as batches, results in request order."""
+        results: list[str] = [""] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(repr(sorted(request.args[1].items())), []).append(index)
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until")
+        for indices in groups.values():
+            config = self._decoding(requests[indices[0]].args[1])
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                completions = self.composer.generate([requests[i].args[0] for i in chunk], config)
+                for i, completion in zip(chunk, completions, strict=True):
+                    results[i] = completion.text
+                bar.update(len(chunk))
+        bar.close()
         return results
+
+    def _decoding(self, kwargs: dict) -> DecodingConfig:
+        until = kwargs.get("until") or []
+        return DecodingConfig(
+            max_new_tokens=kwargs.get("max_gen_toks", self.max_gen_toks),
+            do_sample=bool(kwargs.get("do_sample", False)),
+            temperature=kwargs.get("temperature") or 1.0,
+            stop=tuple([until] if isinstance(until, str) else until),
+        )
 
     def _start(self) -> str:
         tokenizer = self.composer.tokenizer

@@ -1,0 +1,3 @@
+from composer.evaluation.evaluate import main
+
+main()
