@@ -31,6 +31,7 @@ LARGE_VARIANTS = (
     *(f"single:{name}" for name in ("base", "anti", "expert0", "expert1", "expert2")),
     *("compose:k3", "naive:k3", "transformers:", "speculative:k3", "prompted:"),
 )
+FAMILY_CASES = [Case(p, n, b) for p, n in [(8, 240), (240, 8), (64, 64)] for b in (1, 8)]  # 256-token window
 QUICK_CASES = [Case(8, 16, 1)]
 MEMORY = [(name, 3, Case(64, 64, 8)) for name in ("random-10m", "family", "random-100m")]
 
@@ -84,7 +85,9 @@ def main() -> None:
             print(f"skipping {name}: not trained yet", file=sys.stderr)
             continue
         large = name == "random-100m" and not args.quick
-        cases = QUICK_CASES if args.quick else LARGE_CASES if large else FULL_CASES
+        cases = (
+            QUICK_CASES if args.quick else LARGE_CASES if large else FAMILY_CASES if name == "family" else FULL_CASES
+        )
         cells = []
         for case in cases:
             started = time.perf_counter()
