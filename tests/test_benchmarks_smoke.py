@@ -1,0 +1,32 @@
+"""The benchmark's baselines compute what they claim, so that its ratios compare like with like."""
+
+import torch
+
+from benchmarks.naive import naive_generate
+from benchmarks.report import ratios
+from composer import Composer, DecodingConfig, Member, ModelSpec, Objective
+from experts.loading import load
+from experts.stream import left_pad
+
+
+def test_naive_loop_gives_the_composers_greedy_tokens(tiny):
+    objectives = [
+        Objective("a", Member(ModelSpec(tiny["expert_a"])), Member(ModelSpec(tiny["anti"]))),
+        Objective("b", Member(ModelSpec(tiny["expert_b"])), Member(ModelSpec(tiny["anti"])), weight=-0.5),
+    ]
+    composer = Composer(tiny["base"], objectives)
+    composer.eos_ids = set()
+    prompts = ["the cat sat on", "hello"]
+    expected = [c.token_ids for c in composer.generate(prompts, DecodingConfig(max_new_tokens=8))]
+    base = load(ModelSpec(tiny["base"]))
+    ids, mask = left_pad([base.tokenizer(p)["input_ids"] for p in prompts], base.tokenizer.pad_token_id, base.device)
+    pairs = [(load(o.expert.model).model, load(o.anti.model).model, o.weight) for o in objectives]
+    assert naive_generate(base.model, pairs, ids, mask, 8).tolist() == expected
+
+
+def test_ratios_leave_unmeasured_targets_empty():
+    times = {"single:base": 2.0, "transformers:base": 1.0, "prompted:one-by-one": 3.0, "prompted:batched": 1.5}
+    out = ratios(times)
+    assert out["k0_over_transformers"] == 2.0 and out["prompted_speedup"] == 2.0
+    assert out["overhead_k1"] is None and out["speculative_speedup_k3"] is None
+    assert torch.isfinite(torch.tensor([v for v in out.values() if v is not None])).all()
