@@ -5,6 +5,7 @@ from composer.engine import Completion, Composer
 from composer.objectives import Member, Objective
 from composer.schedules import Constant, Cosine, Linear, Piecewise, Warmup
 from composer.scoring import ContinuationScore
+from composer.speculative import Draft
 from composer.trace import TokenTrace
 from experts.errors import UserInputError
 from experts.loading import ModelSpec
@@ -18,6 +19,7 @@ __all__ = [
     "ContinuationScore",
     "Cosine",
     "DecodingConfig",
+    "Draft",
     "Linear",
     "Member",
     "ModelSpec",
