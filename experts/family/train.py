@@ -42,7 +42,7 @@ class Schedule:
 
 BASE_SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 688}
 SMALL_SHAPE = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}
-PRETRAIN = {BASE: Schedule(steps=480, batch_size=32, lr=2e-3), SMALL: Schedule(steps=800, batch_size=32, lr=3e-3)}
+PRETRAIN = {BASE: Schedule(steps=800, batch_size=32, lr=2.5e-3), SMALL: Schedule(steps=800, batch_size=32, lr=3e-3)}
 TUNE_TUNED = Schedule(steps=400, batch_size=32, lr=1e-3)
 TUNE_EXPERT = Schedule(steps=300, batch_size=32, lr=2e-3)
 
