@@ -14,6 +14,9 @@ from experts.loading import ModelSpec
 from experts.prompts import Chat, Template
 
 SYSTEMS = ("base", "tuned", "expert", "proxy", "multi")
+# Every expert also carries the instruction-following delta they share, so the composition of all objectives
+# weighs each by 1/2 rather than 1 (the default tiny recipe does the same).
+MULTI_WEIGHT = 0.5
 RAW = Template(base_prompt("{prompt}"))
 
 
@@ -36,5 +39,5 @@ def build_system(system: str, objective: str) -> Composer:
     if system == "proxy":
         return Composer(member(BASE, chat=False), [proxy_objective(objective)])
     if system == "multi":
-        return Composer(member(BASE, chat=False), [proxy_objective(o) for o in OBJECTIVES])
+        return Composer(member(BASE, chat=False), [proxy_objective(o, MULTI_WEIGHT) for o in OBJECTIVES])
     raise ValueError(f"unknown system {system!r}; use one of {SYSTEMS}")
