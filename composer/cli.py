@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,7 +86,9 @@ def validate(overrides: list[str]) -> int:
         for name in names:
             try:
                 print(f"ok    {name}: {_describe(hydra.compose('config', overrides=[f'recipe={name}', *overrides]))}")
-            except USER_ERRORS as err:
+            except Exception as err:
+                if not is_user_error(err):
+                    raise
                 failures += 1
                 print(f"FAIL  {name}: {one_line(err)}")
     return 1 if failures else 0
@@ -118,9 +121,25 @@ def one_line(err: BaseException) -> str:
     return " ".join(parts) or type(err).__name__
 
 
+def is_user_error(err: BaseException) -> bool:
+    """A user's mistake: our own error, a config error, or any error that Hydra or omegaconf raised while reading
+    the overrides (a malformed group override surfaces as a plain ValueError from inside Hydra)."""
+    if isinstance(err, USER_ERRORS):
+        return True
+    frames = traceback.extract_tb(err.__traceback__)
+    return isinstance(err, ValueError | TypeError | KeyError) and bool(frames) and _in_config_library(frames[-1])
+
+
+def _in_config_library(frame: traceback.FrameSummary) -> bool:
+    parts = Path(frame.filename).parts
+    return "hydra" in parts or "omegaconf" in parts
+
+
 def _edge(command: Callable[[], int]) -> int:
     try:
         return command()
-    except USER_ERRORS as err:
+    except Exception as err:
+        if not is_user_error(err):
+            raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

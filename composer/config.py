@@ -8,7 +8,7 @@ call arbitrary code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,10 @@ def build_metrics(cfg: DictConfig) -> dict[str, Metric]:
 
 def build_decoding(cfg: DictConfig) -> DecodingConfig:
     values = OmegaConf.to_container(cfg.decoding, resolve=True)
+    known = {f.name for f in fields(DecodingConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:  # '+decoding.key=...' adds keys past the schema
+        raise UserInputError(f"decoding has unknown key(s) {unknown}; known keys are {sorted(known)}")
     return DecodingConfig(**values)
 
 
