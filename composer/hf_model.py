@@ -14,14 +14,12 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from composer.combine import combine
 from composer.engine import Composer
 from composer.schedules import Constant
 from composer.session import Session, render_rows
 from composer.weights import row_weights
 from experts.errors import UserInputError
 from experts.prompts import Raw
-from experts.stream import ModelStream
 
 
 class CompositeCache(Cache):
@@ -151,18 +149,12 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             )
         if any(not isinstance(o.schedule, Constant) for o in plan.objectives):
             raise UserInputError("an uncached forward cannot place schedule steps; use generate() with its cache")
-        _, ids = self._rows(input_ids, mask)
-        batch, width = input_ids.shape
-        outputs = [
-            ModelStream(model).tail_logits(ids, width)[..., : composer.vocab_width].float() for model in composer.models
-        ]
-        base = outputs[plan.base.group]
-        experts = torch.stack([outputs[s.group] for s in plan.experts]) if plan.experts else base.new_empty(0)
-        antis = torch.stack([outputs[s.group] for s in plan.antis]) if plan.antis else base.new_empty(0)
-        weights = self._weights(batch, steering).to(base) * torch.tensor([o.schedule(0) for o in plan.objectives]).to(
-            base
-        ).unsqueeze(1)
-        return combine(base, experts, antis, weights.unsqueeze(-1).expand(-1, -1, width))
+        texts, ids = self._rows(input_ids, mask)
+        rows = render_rows(plan, composer.models, texts, raw_ids=ids)
+        session = Session(plan, composer.models, composer.vocab_width, rows, self._weights(len(ids), steering))
+        width = input_ids.shape[1]
+        outputs = [stream.tail_logits(group, width) for stream, group in zip(session.streams, rows, strict=True)]
+        return session.compose(outputs, first_step=0).logits
 
     def _full_width(self, logits: torch.Tensor) -> torch.Tensor:
         """Pad the shared vocabulary back to the base's logit width, so shapes match the base model."""
