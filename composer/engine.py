@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -126,7 +126,7 @@ class Composer:
         """Text as it is produced, for one prompt."""
         config = config or DecodingConfig()
         if config.num_return_sequences != 1:
-            config = DecodingConfig(**{**config.__dict__, "num_return_sequences": 1})
+            config = replace(config, num_return_sequences=1)
         session = self.session([prompt], weights, config.max_new_tokens)
         tokens: list[int] = []
         shown = ""
@@ -155,7 +155,7 @@ class Composer:
         composed = session.start()
         if config.num_return_sequences > 1:
             session.select(repeats.to(session.device))
-            composed = _select_rows(composed, repeats.to(session.device))
+            composed = composed.take(rows=repeats.to(session.device))
         history = _base_prompt_ids(session).index_select(0, repeats.to(session.device))
         if draft is not None:
             yield from speculate(session, composed, history, config, draft)
@@ -195,16 +195,6 @@ class Composer:
             token,
             self.tokenizer.convert_ids_to_tokens(token),
         )
-
-
-def _select_rows(composed: Composed, index: torch.Tensor) -> Composed:
-    return Composed(
-        composed.logits[index],
-        composed.base[index],
-        composed.experts[:, index],
-        composed.antis[:, index],
-        composed.weights[:, index],
-    )
 
 
 def _base_prompt_ids(session: Session) -> torch.Tensor:

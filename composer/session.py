@@ -33,6 +33,16 @@ class Composed:
     antis: torch.Tensor
     weights: torch.Tensor
 
+    def take(self, rows: torch.Tensor | slice = slice(None), positions: slice = slice(None)) -> Composed:
+        """The same parts for some rows (B axis) and positions (n axis), whatever each part's leading axes."""
+        return Composed(
+            self.logits[rows][:, positions],
+            self.base[rows][:, positions],
+            self.experts[:, rows][:, :, positions],
+            self.antis[:, rows][:, :, positions],
+            self.weights[:, rows][:, :, positions],
+        )
+
 
 def render_rows(
     plan: Plan, models: Sequence[LoadedModel], prompts: Sequence[str], raw_ids: Sequence[list[int]] | None = None

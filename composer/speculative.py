@@ -90,7 +90,7 @@ def speculate(
         gamma = min(draft.gamma, config.max_new_tokens - generated - 1)
         tokens, composed = speculator.round(history, generated, gamma)
         for j in range(tokens.shape[1]):
-            yield generated + j, tokens[:, j], _position(composed, j)
+            yield generated + j, tokens[:, j], composed.take(positions=slice(j, j + 1))
         generated += tokens.shape[1]
         history = torch.cat([history, tokens], dim=1)
 
@@ -186,18 +186,6 @@ class _Speculator:
 def _extended(history: torch.Tensor, drafted: list[torch.Tensor]) -> torch.Tensor:
     """The ids the processors see (repetition penalty): history followed by the drafted tokens so far."""
     return torch.cat([history, *drafted], dim=1) if drafted else history
-
-
-def _position(composed: Composed, j: int) -> Composed:
-    """The composition at one position, shaped as the plain loop's (B, 1, V)."""
-    at = slice(j, j + 1)
-    return Composed(
-        composed.logits[:, at],
-        composed.base[:, at],
-        composed.experts[:, :, at],
-        composed.antis[:, :, at],
-        composed.weights[:, :, at],
-    )
 
 
 def _spec(model: ModelSpec | str) -> ModelSpec:
