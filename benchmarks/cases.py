@@ -118,14 +118,14 @@ def prompted_runs(models: ModelSet, case: Case, texts: list[str]) -> dict[str, C
     rows = [[fmt.render(t, expert.tokenizer) for t in texts] for fmt in formats]
 
     def batched() -> None:
-        stream = ModelStream(expert)
+        stream = ModelStream.of(expert)
         logits = stream.start([r for group in rows for r in group])
         for _ in range(case.new - 1):
             chosen = logits.reshape(PROMPTED_FORMATS, case.batch, -1)[0].argmax(-1, keepdim=True)
             logits = stream.extend(chosen.repeat(PROMPTED_FORMATS, 1))[:, -1]
 
     def one_by_one() -> None:
-        streams = [ModelStream(expert) for _ in formats]
+        streams = [ModelStream.of(expert) for _ in formats]
         logits = [s.start(r) for s, r in zip(streams, rows, strict=True)]
         for _ in range(case.new - 1):
             chosen = logits[0].argmax(-1, keepdim=True)

@@ -14,6 +14,7 @@ from composer.scoring import ContinuationScore, score_continuations
 from composer.session import Composed, Session, render_rows
 from composer.speculative import Draft, speculate
 from composer.trace import TokenTrace, trace_row
+from composer.units import partition
 from composer.vocab import common_vocab_width
 from composer.weights import WeightOverride, row_weights
 from experts.errors import UserInputError
@@ -40,9 +41,11 @@ class Composer:
         base: Member | ModelSpec | str,
         objectives: Sequence[Objective] = (),
         override_guards: Sequence[str] = (),
+        stack_models: bool = True,
     ) -> None:
         """``override_guards`` names objectives whose weight guards (bounds, protected) may be broken; the
-        override is recorded in every completion."""
+        override is recorded in every completion. ``stack_models`` runs the experts and anti-experts that share
+        an architecture as one forward per step (their weights stacked); off, each runs alone."""
         if isinstance(base, str):
             base = ModelSpec(base)
         if isinstance(base, ModelSpec):
@@ -52,6 +55,7 @@ class Composer:
         if unknown:
             raise UserInputError(f"override_guards names unknown objective(s) {unknown}")
         self.override_guards = tuple(override_guards)
+        self.stack_models = stack_models
         self.guard_notes = row_weights(self.plan.objectives, 1, None, self.override_guards)[1]
         self.models = [load(spec) for spec in self.plan.specs]
         self.tokenizer = self.models[self.plan.base.group].tokenizer
@@ -63,7 +67,7 @@ class Composer:
         return self.plan.objectives
 
     def explain(self) -> str:
-        return self.plan.explain()
+        return self.plan.explain(partition(self.models, self.plan.base.group, self.stack_models))
 
     def session(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> Session:
         """Decoding state for a batch: the primitive that every decoding loop drives."""
@@ -74,7 +78,10 @@ class Composer:
     ) -> tuple[Session, list[str]]:
         table, guard_notes = row_weights(self.objectives, len(prompts), weights, self.override_guards)
         rows = render_rows(self.plan, self.models, prompts)
-        return Session(self.plan, self.models, self.vocab_width, rows, table, max_new_tokens), guard_notes
+        session = Session(
+            self.plan, self.models, self.vocab_width, rows, table, max_new_tokens, stack=self.stack_models
+        )
+        return session, guard_notes
 
     def generate(
         self,
@@ -201,7 +208,7 @@ def _base_prompt_ids(session: Session) -> torch.Tensor:
     """The base's left-padded prompt ids, the history that the repetition penalty looks at."""
     base = session.plan.base
     rows = session.rows[base.group][base.format * session.batch : (base.format + 1) * session.batch]
-    ids, _ = left_pad(rows, session.streams[base.group].pad_id, session.device)
+    ids, _ = left_pad(rows, session.models[base.group].tokenizer.pad_token_id, session.device)
     return ids
 
 

@@ -126,7 +126,9 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         texts, rows_ids = self._rows(prompt_ids, prompt_mask)
         rows = render_rows(composer.plan, composer.models, texts, raw_ids=rows_ids)
         weights = self._weights(len(rows_ids), steering)
-        cache.session = Session(composer.plan, composer.models, composer.vocab_width, rows, weights)
+        cache.session = Session(
+            composer.plan, composer.models, composer.vocab_width, rows, weights, stack=composer.stack_models
+        )
         cache.prompt_width = prompt_ids.shape[1]
         logits = cache.session.start().logits
         if drafted:
@@ -151,10 +153,10 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             raise UserInputError("an uncached forward cannot place schedule steps; use generate() with its cache")
         texts, ids = self._rows(input_ids, mask)
         rows = render_rows(plan, composer.models, texts, raw_ids=ids)
-        session = Session(plan, composer.models, composer.vocab_width, rows, self._weights(len(ids), steering))
+        weights = self._weights(len(ids), steering)
+        session = Session(plan, composer.models, composer.vocab_width, rows, weights, stack=composer.stack_models)
         width = input_ids.shape[1]
-        outputs = [stream.tail_logits(group, width) for stream, group in zip(session.streams, rows, strict=True)]
-        return session.compose(outputs, first_step=0).logits
+        return session.compose(session.tail_logits(width), first_step=0).logits
 
     def _full_width(self, logits: torch.Tensor) -> torch.Tensor:
         """Pad the shared vocabulary back to the base's logit width, so shapes match the base model."""

@@ -47,12 +47,17 @@ class Plan:
     def stream_count(self) -> int:
         return sum(len(f) for f in self.formats)
 
-    def explain(self) -> str:
-        """A readable account of what runs per step, so users see what a recipe costs."""
+    def explain(self, units: Sequence[Sequence[int]] | None = None) -> str:
+        """A readable account of what runs per step, so users see what a recipe costs.
+
+        ``units`` are the groups that run as one stacked forward (see ``composer.units``); None: one each.
+        """
+        units = units if units is not None else [[g] for g in range(len(self.specs))]
         lines = [
             f"{len(self.specs)} unique weights, {self.stream_count} streams, "
-            f"{len(self.specs)} forward(s) per step (naive: {1 + 2 * len(self.objectives)})"
+            f"{len(units)} forward(s) per step (naive: {1 + 2 * len(self.objectives)})"
         ]
+        lines += [f"stacked as one forward: weights{list(u)}" for u in units if len(u) > 1]
         for g, (spec, formats) in enumerate(zip(self.specs, self.formats, strict=True)):
             lines.append(f"weights[{g}] {spec.path} ({spec.dtype})")
             for f, fmt in enumerate(formats):

@@ -11,7 +11,7 @@ from composer.combine import combine
 from composer.plan import Slot
 from composer.weights import WeightOverride, row_weights
 from experts.errors import UserInputError
-from experts.stream import ModelStream
+from experts.stream import ModelStream, check_fits
 
 if TYPE_CHECKING:
     from composer.engine import Composer
@@ -65,8 +65,8 @@ def _slot_logits(composer: Composer, prompts: list[str], targets: list[list[int]
     by_slot: dict[Slot, list[torch.Tensor]] = {}
     for group, (model, formats) in enumerate(zip(composer.models, plan.formats, strict=True)):
         rows = [fmt.render(p, model.tokenizer) + t for fmt in formats for p, t in zip(prompts, targets, strict=True)]
-        stream = ModelStream(model)
-        stream.check_fits([len(r) for r in rows], 0)
+        stream = ModelStream.of(model)
+        check_fits(model, [len(r) for r in rows], 0)
         logits = stream.tail_logits(rows, keep)[..., : composer.vocab_width]
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         for f in range(len(formats)):

@@ -6,7 +6,7 @@ positions, masks, vocabulary slicing and -inf handling live here and nowhere els
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,10 +14,11 @@ from einops import einsum
 
 from composer.combine import combine
 from composer.plan import Plan, Slot
+from composer.units import build_units
 from experts.errors import UserInputError
 from experts.loading import LoadedModel
 from experts.prompts import Raw
-from experts.stream import ModelStream
+from experts.stream import check_fits
 
 
 @dataclass(frozen=True)
@@ -78,53 +79,72 @@ class Session:
         rows: list[list[list[int]]],
         row_weights: torch.Tensor,
         max_new_tokens: int = 0,
+        stack: bool = True,
     ) -> None:
-        """``rows[g]`` holds group g's token rows, format-major (see ``render_rows``); row_weights is (K, B)."""
+        """``rows[g]`` holds group g's token rows, format-major (see ``render_rows``); row_weights is (K, B).
+
+        ``stack`` runs same-architecture groups (experts, anti-experts) as one forward (``composer.units``).
+        """
         self.plan = plan
+        self.models = models
         self.vocab_width = vocab_width
         self.row_weights = row_weights
         self.batch = row_weights.shape[1]
         self.generated = 0
-        self.streams = [ModelStream(m) for m in models]
         self.rows = rows
-        for stream, group_rows in zip(self.streams, self.rows, strict=True):
-            stream.check_fits([len(r) for r in group_rows], max_new_tokens)
-        self.device = self.streams[plan.base.group].device
+        for model, group_rows in zip(models, rows, strict=True):
+            check_fits(model, [len(r) for r in group_rows], max_new_tokens)
+        formats = [len(f) for f in plan.formats]
+        self.units = build_units(models, formats, plan.base.group, stack)
+        self.device = models[plan.base.group].device
         self._schedule_table = torch.empty(len(plan.objectives), 0, dtype=row_weights.dtype)
 
     def start(self) -> Composed:
         """Prefill all streams; the result predicts generated token 0, shape ``(B, 1, V)``."""
         self.generated = 0
-        outputs = [s.start(rows).unsqueeze(1) for s, rows in zip(self.streams, self.rows, strict=True)]
+        outputs: dict[int, torch.Tensor] = {}
+        for unit in self.units:
+            last = unit.stream.start(unit.layout(self.rows, self.batch)).unsqueeze(1)
+            outputs.update(unit.split(last, self.batch))
         return self.compose(outputs, first_step=0)
 
     def extend(self, tokens: torch.Tensor) -> Composed:
         """Append ``tokens`` (B, n) to every stream; position j predicts generated token ``generated + j``."""
         first_step = self.generated + 1
         self.generated += tokens.shape[1]
-        outputs = [self.advance(group, tokens) for group in range(len(self.streams))]
+        outputs: dict[int, torch.Tensor] = {}
+        for unit in range(len(self.units)):
+            outputs.update(self.advance(unit, tokens))
         return self.compose(outputs, first_step)
 
-    def advance(self, group: int, tokens: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens`` (B, n) to one group's stream only; its raw logits ``(R, n, V)``.
+    def advance(self, unit: int, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Append ``tokens`` (B, n) to one unit's groups only; each group's raw logits ``(R_g, n, V)``.
 
-        The speculative loop advances the draft's streams token by token and the rest in one parallel
+        The speculative loop advances the draft's units token by token and the rest in one parallel
         forward, then composes; it owns the bookkeeping (``crop`` sets every stream's length again).
         """
-        formats = len(self.plan.formats[group])
-        return self.streams[group].extend(tokens if formats == 1 else tokens.repeat(formats, 1))
+        return self.units[unit].advance(tokens, self.batch)
+
+    def unit_of(self, group: int) -> int:
+        return next(u for u, unit in enumerate(self.units) if group in unit.groups)
+
+    def tail_logits(self, width: int) -> dict[int, torch.Tensor]:
+        """Uncached forward over the whole rows: each group's logits at the last ``width`` positions."""
+        outputs: dict[int, torch.Tensor] = {}
+        for unit in self.units:
+            outputs.update(unit.split(unit.stream.tail_logits(unit.layout(self.rows, self.batch), width), self.batch))
+        return outputs
 
     def crop(self, generated: int) -> None:
         """Roll every stream back to ``generated`` appended tokens (speculative rejection, assisted decoding)."""
-        for stream in self.streams:
-            stream.crop(generated)
+        for unit in self.units:
+            unit.stream.crop(generated)
         self.generated = generated
 
     def select(self, index: torch.Tensor) -> None:
         """Keep, reorder or repeat prompts: ``index`` (B',) picks rows of the current batch."""
-        for stream, formats in zip(self.streams, self.plan.formats, strict=True):
-            offsets = torch.arange(len(formats), device=index.device).unsqueeze(1) * self.batch
-            stream.select((offsets + index).flatten())
+        for unit in self.units:
+            unit.stream.select(unit.rows_of(index, self.batch))
         self.row_weights = self.row_weights[:, index.to(self.row_weights.device)]
         self.batch = index.shape[0]
 
@@ -142,9 +162,9 @@ class Session:
         return self._schedule_table
 
     def compose(
-        self, outputs: Sequence[torch.Tensor | None], first_step: int, base: Slot | None = None, steer: bool = True
+        self, outputs: Mapping[int, torch.Tensor], first_step: int, base: Slot | None = None, steer: bool = True
     ) -> Composed:
-        """Composed logits ``(B, n, V)`` from each group's raw logits ``(R, n, V)`` (None where unused).
+        """Composed logits ``(B, n, V)`` from each group's raw logits ``(R_g, n, V)`` (only the groups used).
 
         ``base`` and ``steer`` let the speculative loop build its draft from the same streams: another
         member as base, with the objectives (the small models' own composition) or without.

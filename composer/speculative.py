@@ -103,7 +103,8 @@ class _Speculator:
         self.base = draft.slot(session.plan)
         plan = session.plan
         steered = plan.experts + plan.antis if draft.steer else []
-        self.draft_groups = sorted({self.base.group, *(s.group for s in steered)})
+        # the units holding the draft's groups advance token by token; the others verify in one forward
+        self.draft_units = sorted({session.unit_of(s.group) for s in [self.base, *steered]})
         self.processors: LogitsProcessorList = config.processors()
         self.generator = config.generator(session.device)
 
@@ -116,12 +117,13 @@ class _Speculator:
         pending = history[:, -1:]
         drafts, draft_scores, draft_outputs = self._propose(pending, history, generated, gamma)
         fed = torch.cat([pending, drafts], dim=1)  # (B, gamma + 1): generated tokens generated-1 .. +gamma-1
-        outputs: list[torch.Tensor] = []
-        for group in range(len(self.session.streams)):
-            if group in self.draft_groups:
-                outputs.append(torch.cat([*draft_outputs[group], self.session.advance(group, fed[:, gamma:])], 1))
+        outputs: dict[int, torch.Tensor] = {}
+        for unit in range(len(self.session.units)):
+            if unit in self.draft_units:
+                last = self.session.advance(unit, fed[:, gamma:])
+                outputs.update({g: torch.cat([*draft_outputs.get(g, []), logits], 1) for g, logits in last.items()})
             else:
-                outputs.append(self.session.advance(group, fed))
+                outputs.update(self.session.advance(unit, fed))
         composed = self.session.compose(outputs, first_step=generated)
         tokens = self._accept(composed, drafts, draft_scores, history)
         self.session.crop(generated + tokens.shape[1] - 1)
@@ -131,13 +133,14 @@ class _Speculator:
         self, pending: torch.Tensor, history: torch.Tensor, generated: int, gamma: int
     ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, list[torch.Tensor]]]:
         """``gamma`` draft tokens (B, gamma), the draft's processed scores for each, and its groups' raw logits."""
-        outputs: dict[int, list[torch.Tensor]] = {g: [] for g in self.draft_groups}
+        outputs: dict[int, list[torch.Tensor]] = {}
         feed, drafts, scores = pending, [], []
         for i in range(gamma):
-            step: list[torch.Tensor | None] = [None] * len(self.session.streams)
-            for group in self.draft_groups:
-                step[group] = self.session.advance(group, feed)
-                outputs[group].append(step[group])
+            step: dict[int, torch.Tensor] = {}
+            for unit in self.draft_units:
+                step.update(self.session.advance(unit, feed))
+            for group, logits in step.items():
+                outputs.setdefault(group, []).append(logits)
             logits = self.session.compose(step, generated + i, base=self.base, steer=self.draft.steer).logits
             scores.append(self.processors(_extended(history, drafts), logits[:, -1]))
             feed = choose(scores[-1], self.config.do_sample, self.generator).unsqueeze(1)

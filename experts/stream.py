@@ -30,38 +30,42 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-class ModelStream:
-    """Cached incremental forward passes of one model over a fixed set of rows."""
+def check_fits(loaded: LoadedModel, lengths: list[int], extra: int) -> None:
+    """Refuse rows that cannot run: empty after tokenisation, or beyond the context window."""
+    if min(lengths) == 0:
+        raise UserInputError(
+            f"a prompt has no tokens for model {loaded.spec.name!r} (only whitespace?); give it visible text"
+        )
+    window = loaded.context_window
+    if window is None:
+        return
+    longest = max(lengths)
+    if longest > window:
+        raise UserInputError(
+            f"a prompt is {longest} tokens but model {loaded.spec.name!r} has a context window of "
+            f"{window}; shorten the prompt"
+        )
+    if longest + extra > window:
+        raise UserInputError(
+            f"a prompt of {longest} tokens plus max_new_tokens={extra} exceeds the {window}-token context "
+            f"window of {loaded.spec.name!r}; lower max_new_tokens or shorten the prompt"
+        )
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.loaded = loaded
-        self.model = loaded.model
-        self.device = loaded.device
-        self.pad_id = loaded.tokenizer.pad_token_id
+
+class ModelStream:
+    """Cached incremental forward passes of one model (or one stack of models) over a fixed set of rows."""
+
+    def __init__(self, model: torch.nn.Module, pad_id: int) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.pad_id = pad_id
         self.mask = torch.empty(0, 0, dtype=torch.long, device=self.device)
         self.prompt_width = 0
         self.cache: DynamicCache | None = None
 
-    def check_fits(self, lengths: list[int], extra: int) -> None:
-        """Refuse rows that cannot run: empty after tokenisation, or beyond the context window."""
-        if min(lengths) == 0:
-            raise UserInputError(
-                f"a prompt has no tokens for model {self.loaded.spec.name!r} (only whitespace?); give it visible text"
-            )
-        window = self.loaded.context_window
-        if window is None:
-            return
-        longest = max(lengths)
-        if longest > window:
-            raise UserInputError(
-                f"a prompt is {longest} tokens but model {self.loaded.spec.name!r} has a context window of "
-                f"{window}; shorten the prompt"
-            )
-        if longest + extra > window:
-            raise UserInputError(
-                f"a prompt of {longest} tokens plus max_new_tokens={extra} exceeds the {window}-token context "
-                f"window of {self.loaded.spec.name!r}; lower max_new_tokens or shorten the prompt"
-            )
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> ModelStream:
+        return cls(loaded.model, loaded.tokenizer.pad_token_id)
 
     @torch.inference_mode()
     def start(self, rows: list[list[int]]) -> torch.Tensor:

@@ -130,7 +130,7 @@ def test_shared_anti_expert_and_prompted_experts_are_deduplicated(tiny):
     composer = Composer(tiny["base"], objectives)
     assert len(composer.models) == 4  # base, expert_a (two formats in one batch), expert_b, anti once
     assert composer.plan.stream_count == 5
-    assert "4 forward(s) per step (naive: 7)" in composer.explain()
+    assert "2 forward(s) per step (naive: 7)" in composer.explain()  # the small models stacked into one
     tokens, _ = collect_logits(composer, ["the cat"], steps=6)
     ref, _ = reference_decode(tiny["base"], objectives, "the cat", steps=6)
     assert tokens[0].tolist() == ref

@@ -1,0 +1,81 @@
+"""Which of a plan's groups run as one forward per step, and where each group's rows sit in that forward.
+
+A group is one set of weights running all its prompt formats as rows. Groups of one architecture (the
+experts and anti-experts) are stacked into a single forward (``experts.stacking``); the base always runs
+alone. A unit's batch is member-major, each member owning ``blocks * batch`` rows: its formats, then
+copies of its first format where it has fewer formats than another member (the stack needs equal shares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from experts.loading import LoadedModel
+from experts.stacking import stack_groups, stacked
+from experts.stream import ModelStream
+
+
+@dataclass
+class Unit:
+    groups: list[int]
+    formats: list[int]  # formats per group
+    stream: ModelStream
+
+    @property
+    def blocks(self) -> int:
+        return max(self.formats)
+
+    def layout(self, rows: Sequence[list[list[int]]], batch: int) -> list[list[int]]:
+        """The unit's rows from each group's rows (format-major, ``batch`` per format)."""
+        out: list[list[int]] = []
+        for group, formats in zip(self.groups, self.formats, strict=True):
+            out += rows[group] + rows[group][:batch] * (self.blocks - formats)
+        return out
+
+    def split(self, logits: torch.Tensor, batch: int) -> dict[int, torch.Tensor]:
+        """Each group's own rows of the unit's output, format-major."""
+        share = self.blocks * batch
+        return {
+            group: logits[i * share : i * share + formats * batch]
+            for i, (group, formats) in enumerate(zip(self.groups, self.formats, strict=True))
+        }
+
+    def advance(self, tokens: torch.Tensor, batch: int) -> dict[int, torch.Tensor]:
+        """Append ``tokens`` (B, n) to every row; each group's logits ``(R_g, n, V)``."""
+        copies = len(self.groups) * self.blocks
+        return self.split(self.stream.extend(tokens if copies == 1 else tokens.repeat(copies, 1)), batch)
+
+    def rows_of(self, index: torch.Tensor, batch: int) -> torch.Tensor:
+        """The unit's row indices that keep, reorder or repeat prompts ``index`` of a batch of ``batch``."""
+        offsets = torch.arange(len(self.groups) * self.blocks, device=index.device).unsqueeze(1) * batch
+        return (offsets + index).flatten()
+
+
+def partition(models: Sequence[LoadedModel], base_group: int, stack: bool = True) -> list[list[int]]:
+    """Groups that run as one forward: stacks of one architecture (or one group each, ``stack`` off)."""
+    if not stack:
+        return [[g] for g in range(len(models))]
+    units: list[list[int]] = []
+    for groups in stack_groups(models, alone=base_group):
+        try:
+            if len(groups) > 1:
+                stacked([models[g] for g in groups])
+            units.append(groups)
+        except ValueError:  # an architecture the stacking cannot split: its members run one by one
+            units += [[g] for g in groups]
+    return units
+
+
+def build_units(
+    models: Sequence[LoadedModel], formats: Sequence[int], base_group: int, stack: bool = True
+) -> list[Unit]:
+    units = []
+    for groups in partition(models, base_group, stack):
+        members = [models[g] for g in groups]
+        model = stacked(members) if len(groups) > 1 else members[0].model
+        stream = ModelStream(model, members[0].tokenizer.pad_token_id)
+        units.append(Unit(groups, [formats[g] for g in groups], stream))
+    return units

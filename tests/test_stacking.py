@@ -1,0 +1,130 @@
+"""Same-architecture experts and anti-experts run as one stacked forward, with exactly their own outputs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import composer.units
+from composer import Chat, Composer, DecodingConfig, Draft, Member, ModelSpec, Objective, Template
+from experts.loading import load
+from experts.stacking import stacked
+from experts.stream import left_pad, positions_from_mask
+from tests.tiny_models import build_tokenizer
+
+
+def member(path: str, fmt=None, dtype: str = "float32") -> Member:
+    return Member(ModelSpec(path, dtype=dtype), fmt) if fmt else Member(ModelSpec(path, dtype=dtype))
+
+
+def full_logits(model: torch.nn.Module, rows: list[list[int]]) -> torch.Tensor:
+    ids, mask = left_pad(rows, 0, torch.device("cpu"))
+    with torch.inference_mode():
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+
+
+def test_stacked_forward_is_each_member_alone(tiny):
+    members = [load(ModelSpec(tiny[name], dtype="float64")) for name in ["expert_a", "expert_b", "anti_b"]]
+    rows = [[7, 8, 9, 10], [11, 12], [13]]
+    alone = torch.cat([full_logits(m.model, rows) for m in members])
+    together = full_logits(stacked(members), rows * len(members))
+    assert torch.allclose(together, alone, atol=1e-12, rtol=0)
+
+
+def test_members_keep_their_weights_in_the_stack_once(tiny):
+    members = [load(ModelSpec(tiny[name], dtype="float64")) for name in ["expert_b", "expert_c"]]
+    shell = stacked(members)
+    stacks = {p.untyped_storage().data_ptr() for p in shell.parameters()}
+    for loaded in members:
+        for param in loaded.model.parameters():
+            assert param.untyped_storage().data_ptr() in stacks
+    assert sum(p.numel() for p in shell.parameters()) == sum(p.numel() for m in members for p in m.model.parameters())
+
+
+def test_tied_embeddings_are_stacked_once(tmp_path: Path):
+    tokenizer = build_tokenizer()
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+            num_attention_heads=2, tie_word_embeddings=True,
+        )  # fmt: skip
+        LlamaForCausalLM(config).save_pretrained(tmp_path / f"tied{seed}")
+        tokenizer.save_pretrained(tmp_path / f"tied{seed}")
+        paths.append(str(tmp_path / f"tied{seed}"))
+    members = [load(ModelSpec(p, dtype="float64")) for p in paths]
+    rows = [[3, 4, 5]]
+    alone = torch.cat([full_logits(m.model, rows) for m in members])
+    shell = stacked(members)
+    assert shell.lm_head.weight.data_ptr() == shell.model.embed_tokens.weight.data_ptr()
+    assert torch.allclose(full_logits(shell, rows * 2), alone, atol=1e-12, rtol=0)
+
+
+def objectives(tiny: dict, dtype: str) -> list[Objective]:
+    """Members with different numbers of formats, so the stack pads some members' shares."""
+    return [
+        Objective("a", member(tiny["expert_a"], Chat(system="one"), dtype), member(tiny["anti"], None, dtype)),
+        Objective("b", member(tiny["expert_a"], Chat(system="two"), dtype), member(tiny["anti"], None, dtype)),
+        Objective(
+            "c",
+            member(tiny["expert_b"], Template("question {prompt} answer"), dtype),
+            member(tiny["anti_b"], None, dtype),
+        ),
+    ]
+
+
+def test_units_stack_the_small_models_and_leave_the_base_alone(tiny):
+    steered = Composer(tiny["base"], objectives(tiny, "float32"))
+    session = steered.session(["the cat"])
+    groups = sorted(sorted(unit.groups) for unit in session.units)
+    assert groups == [[0], [1, 2, 3, 4]]  # base; expert_a, anti, expert_b, anti_b
+    assert "2 forward(s) per step" in steered.explain()
+    unstacked = Composer(tiny["base"], objectives(tiny, "float32"), stack_models=False)
+    assert len(unstacked.session(["the cat"]).units) == 5
+    odd = Composer(tiny["base"], [Objective("p", member(tiny["padded"]), member(tiny["anti"]))])
+    assert len(odd.session(["the cat"]).units) == 3  # a different vocabulary is a different architecture
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        DecodingConfig(max_new_tokens=8),
+        DecodingConfig(max_new_tokens=8, do_sample=True, seed=3, num_return_sequences=3, top_k=5),
+    ],
+)
+def test_stacked_composition_equals_unstacked(tiny, config):
+    prompts = ["the cat sat on", "hello world please help me write code", "yes"]
+    outs = [
+        Composer(member(tiny["base"], dtype="float64"), objectives(tiny, "float64"), stack_models=stack).generate(
+            prompts, config, trace=True
+        )
+        for stack in (True, False)
+    ]
+    for a, b in zip(*outs, strict=True):
+        assert a.token_ids == b.token_ids
+        for ta, tb in zip(a.trace, b.trace, strict=True):
+            assert ta.contributions == pytest.approx(tb.contributions, abs=1e-9)
+
+
+def test_stacked_speculative_greedy_equals_plain_greedy(tiny):
+    steered = Composer(tiny["base"], objectives(tiny, "float32"))
+    config = DecodingConfig(max_new_tokens=12)
+    prompts = ["the cat sat on", "hello world"]
+    plain = steered.generate(prompts, config)
+    fast = steered.generate(prompts, config, draft=Draft(model=member(tiny["anti"]), gamma=3))
+    assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
+
+
+def test_an_architecture_that_cannot_be_stacked_runs_member_by_member(tiny, monkeypatch):
+    def refuse(models):
+        raise ValueError("parameters outside a leaf module")
+
+    monkeypatch.setattr(composer.units, "stacked", refuse)
+    prompts = ["the cat sat on"]
+    fallback = Composer(tiny["base"], objectives(tiny, "float32"))
+    assert len(fallback.session(prompts).units) == 5
+    reference = Composer(tiny["base"], objectives(tiny, "float32"), stack_models=False)
+    config = DecodingConfig(max_new_tokens=6)
+    assert fallback.generate(prompts, config)[0].token_ids == reference.generate(prompts, config)[0].token_ids
