@@ -15,7 +15,7 @@ from functools import cache
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
 from experts.loading import LoadedModel, ModelSpec, load
 
@@ -70,10 +70,9 @@ def _stacked_cached(specs: tuple[ModelSpec, ...]) -> nn.Module:
             continue
         if any(True for _ in module.children()):
             raise ValueError(f"{type(first).__name__}.{name} holds parameters outside a leaf module")
-        weights = {
-            p: _stack([m.get_submodule(name).get_parameter(p) for m in members], params[p], shared) for p in params
-        }
-        shell.set_submodule(name, _stacked_leaf(module, weights))
+        modules = [m.get_submodule(name) for m in members]
+        weights = {p: _stack([m.get_parameter(p) for m in modules], params[p], shared) for p in params}
+        shell.set_submodule(name, _stacked_leaf(module, weights, modules))
     for name, buffer in first.named_buffers():
         owner, _, attr = name.rpartition(".")
         setattr(shell.get_submodule(owner), attr, buffer)  # rotary tables: equal for equal configs
@@ -93,12 +92,26 @@ def _stack(params: list[nn.Parameter], key: nn.Parameter, shared: dict[int, torc
     return shared[id(key)]
 
 
-def _stacked_leaf(module: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+def _stacked_leaf(module: nn.Module, weights: dict[str, torch.Tensor], members: list[nn.Module]) -> nn.Module:
     if type(module) is nn.Linear:
         return StackedLinear(weights["weight"], weights.get("bias"))
     if type(module) is nn.Embedding:
         return StackedEmbedding(weights["weight"])
-    return StackedLeaf(module, weights)
+    if set(weights) == {"weight"} and weights["weight"].dim() == 2 and _scales_its_output(module):
+        return StackedScale(module, weights["weight"])
+    return StackedLeaf(members)
+
+
+def _scales_its_output(module: nn.Module) -> bool:
+    """Is ``module(x)`` exactly ``weight * module_with_unit_weight(x)`` (RMSNorm and its kin, not Gemma's)?"""
+    weight = module.get_parameter("weight")
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn((3, 5, weight.shape[-1]), generator=generator).to(weight)
+    scale = torch.randn(weight.shape, generator=generator).to(weight)
+    with torch.no_grad():
+        scaled = functional_call(module, {"weight": scale}, (probe,))
+        unit = functional_call(module, {"weight": torch.ones_like(weight)}, (probe,))
+    return scaled.shape == probe.shape and torch.equal(scaled, scale * unit)
 
 
 def _per_member(x: torch.Tensor, members: int) -> torch.Tensor:
@@ -113,9 +126,11 @@ class StackedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.matmul(_per_member(x, self.weight.shape[0]), self.weight.transpose(1, 2))
-        if self.bias is not None:
-            out = out + self.bias.unsqueeze(1)
+        rows = _per_member(x, self.weight.shape[0])
+        if self.bias is None:
+            out = torch.bmm(rows, self.weight.transpose(1, 2))
+        else:
+            out = torch.baddbmm(self.bias.unsqueeze(1), rows, self.weight.transpose(1, 2))
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -131,19 +146,27 @@ class StackedEmbedding(nn.Module):
         return nn.functional.embedding(flat, self.weight.reshape(members * vocab, -1))
 
 
-class StackedLeaf(nn.Module):
-    """Any other leaf (norms): the member's own forward, vectorised over the model axis with ``vmap``."""
+class StackedScale(nn.Module):
+    """A norm whose weight only scales its output: one call with unit weight, then each member's scale."""
 
-    def __init__(self, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    def __init__(self, module: nn.Module, weight: torch.Tensor) -> None:
         super().__init__()
-        self.__dict__["template"] = copy.deepcopy(module).to("meta")  # code only: not a registered submodule
-        self.names = list(weights)
-        for name, tensor in weights.items():
-            self.register_parameter(name.replace(".", "_"), nn.Parameter(tensor, requires_grad=False))
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        unit = copy.deepcopy(module)
+        unit.weight = nn.Parameter(torch.ones_like(weight[0]), requires_grad=False)
+        self.__dict__["unit"] = unit  # a constant, not a weight of the stack
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = {name: getattr(self, name.replace(".", "_")) for name in self.names}
-        members = next(iter(weights.values())).shape[0]
-        grouped = x.reshape(members, x.shape[0] // members, *x.shape[1:])
-        out = vmap(lambda w, xs: functional_call(self.template, w, (xs,)))(weights, grouped)
-        return out.reshape(x.shape[0], *out.shape[2:])
+        out = self.unit(x)
+        return (_per_member(out, self.weight.shape[0]) * self.weight.unsqueeze(1)).reshape(out.shape)
+
+
+class StackedLeaf(nn.Module):
+    """Any other leaf: each member's own module (its weights already views into the stack) on its rows."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.__dict__["members"] = members  # the members' modules, not submodules of the stack
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([module(part) for module, part in zip(self.members, x.chunk(len(self.members)), strict=True)])

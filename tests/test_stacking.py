@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import composer.units
 from composer import Chat, Composer, DecodingConfig, Draft, Member, ModelSpec, Objective, Template
 from experts.loading import load
-from experts.stacking import stacked
+from experts.stacking import StackedLeaf, _stacked_leaf, stacked
 from experts.stream import left_pad, positions_from_mask
 from tests.tiny_models import build_tokenizer
 
@@ -128,3 +128,28 @@ def test_an_architecture_that_cannot_be_stacked_runs_member_by_member(tiny, monk
     reference = Composer(tiny["base"], objectives(tiny, "float32"), stack_models=False)
     config = DecodingConfig(max_new_tokens=6)
     assert fallback.generate(prompts, config)[0].token_ids == reference.generate(prompts, config)[0].token_ids
+
+
+class OnePlusWeightNorm(torch.nn.Module):
+    """Gemma's RMSNorm scales by (1 + weight): stacking must not treat it as a plain scale."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + self.weight)
+
+
+@pytest.mark.parametrize("make", [lambda: OnePlusWeightNorm(6), lambda: torch.nn.LayerNorm(6)])
+def test_leaves_of_other_forms_run_as_each_member(make):
+    torch.manual_seed(0)
+    members = [make(), make()]
+    for m in members:
+        with torch.no_grad():
+            m.weight.normal_()
+    weights = {n: torch.stack([m.get_parameter(n).detach() for m in members]) for n, _ in members[0].named_parameters()}
+    leaf = _stacked_leaf(members[0], weights, members)
+    assert isinstance(leaf, StackedLeaf)
+    x = torch.randn(4, 3, 6)
+    assert torch.equal(leaf(x), torch.cat([members[0](x[:2]), members[1](x[2:])]))
