@@ -173,6 +173,8 @@ def main() -> None:
     reused = [name for name in (BASE, SMALL) if args.reuse_pretrained and (MODELS_DIR / name).exists()]
     if reused:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(MODELS_DIR / reused[0])
+        for flag in ("is_local", "local_files_only"):  # recorded by loading; a full run's tokenizer has neither
+            tokenizer.init_kwargs.pop(flag, None)
     else:
         texts = documents + [f"{p}\n{a}" for objective in OBJECTIVES for p, a in pairs[objective]]
         tokenizer = train_tokenizer(texts)
