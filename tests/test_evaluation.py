@@ -39,3 +39,20 @@ def test_end_to_end_on_the_tiny_family(tmp_path):
     for row in scores.values():
         assert all(0.0 <= row[s] <= 1.0 for s in ("base", "tuned", "expert", "proxy", "multi"))
     assert (tmp_path / "lm_eval_tasks" / "family_math.yaml").exists()
+
+
+def test_weight_selection_maximises_the_worst_margin_to_each_proxy(tmp_path, monkeypatch):
+    from composer.evaluation import select_weight
+
+    # fake composed scores: weight 0.4 trails every proxy by at most 0.1, 0.8 is better on math but worse on code
+    table = {
+        ("proxy", None): {"math": 0.9, "safety": 1.0, "code": 0.9},
+        ("multi", 0.4): {"math": 0.8, "safety": 1.0, "code": 0.85},
+        ("multi", 0.8): {"math": 0.9, "safety": 1.0, "code": 0.6},
+    }
+    monkeypatch.setattr(select_weight, "build_system", lambda system, o, w=None: (system, w))
+    monkeypatch.setattr(select_weight, "score", lambda composer, o, examples, out, n: table[composer][o])
+    result = select_weight.select([0.8, 0.4], n=2, out=tmp_path, max_new_tokens=4)
+    assert result["chosen"] == 0.4
+    assert [row["worst_margin"] for row in result["candidates"]] == pytest.approx([-0.3, -0.1])
+    assert "| 0.4 (chosen) | 0.800 | 1.000 | 0.850 | -0.100 |" in select_weight.markdown(result)

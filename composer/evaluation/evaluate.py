@@ -47,17 +47,19 @@ def score_generated(composer: Composer, objective: str, examples: list[Example],
     return GENERATORS[objective].score(examples, responses)["score"]
 
 
+def score(composer: Composer, objective: str, examples: list[Example], out: Path, max_new_tokens: int) -> float:
+    if objective == "math":
+        return score_math(composer, examples, out / "lm_eval_tasks", max_new_tokens)
+    return score_generated(composer, objective, examples, max_new_tokens)
+
+
 def evaluate(n: int, split: str, out: Path, max_new_tokens: int, seed: int = 0) -> dict[str, dict[str, float]]:
     scores: dict[str, dict[str, float]] = {}
     for objective in OBJECTIVES:
         examples = GENERATORS[objective].generate(split, n, seed)
         scores[objective] = {}
         for system in SYSTEMS:
-            composer = build_system(system, objective)
-            if objective == "math":
-                value = score_math(composer, examples, out / "lm_eval_tasks", max_new_tokens)
-            else:
-                value = score_generated(composer, objective, examples, max_new_tokens)
+            value = score(build_system(system, objective), objective, examples, out, max_new_tokens)
             scores[objective][system] = value
             print(f"{objective:>7} {system:>7}: {value:.3f}", flush=True)
         scores[objective]["gap_closed_proxy"] = gap_closed(scores[objective], "proxy")

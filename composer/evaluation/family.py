@@ -15,8 +15,9 @@ from experts.prompts import Chat, Template
 
 SYSTEMS = ("base", "tuned", "expert", "proxy", "multi")
 # Every expert also carries the instruction-following delta they share, so the composition of all objectives
-# weighs each by 1/2 rather than 1 (the default tiny recipe does the same).
-MULTI_WEIGHT = 0.5
+# weighs each below 1: 0.4, chosen on the validation split by composer.evaluation.select_weight (the default
+# tiny recipe uses the same).
+MULTI_WEIGHT = 0.4
 RAW = Template(base_prompt("{prompt}"))
 
 
@@ -28,7 +29,7 @@ def proxy_objective(objective: str, weight: float = 1.0) -> Objective:
     return Objective(objective, member(expert_name(objective), chat=True), member(SMALL, chat=False), weight=weight)
 
 
-def build_system(system: str, objective: str) -> Composer:
+def build_system(system: str, objective: str, multi_weight: float = MULTI_WEIGHT) -> Composer:
     """base, tuned, expert alone, single-objective proxy, or the composition of every objective."""
     if system == "base":
         return Composer(member(BASE, chat=False))
@@ -39,5 +40,5 @@ def build_system(system: str, objective: str) -> Composer:
     if system == "proxy":
         return Composer(member(BASE, chat=False), [proxy_objective(objective)])
     if system == "multi":
-        return Composer(member(BASE, chat=False), [proxy_objective(o, MULTI_WEIGHT) for o in OBJECTIVES])
+        return Composer(member(BASE, chat=False), [proxy_objective(o, multi_weight) for o in OBJECTIVES])
     raise ValueError(f"unknown system {system!r}; use one of {SYSTEMS}")
