@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 from composer.schedules import Constant, Schedule
@@ -46,5 +47,7 @@ class Objective:
 
 
 def check_weight(name: str, weight: float) -> None:
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+    numeric = not isinstance(weight, bool) and isinstance(weight, int | float)
+    # an int beyond the largest float cannot become a weight (math.isfinite would raise on it)
+    if not numeric or abs(weight) > sys.float_info.max or not math.isfinite(weight):
         raise UserInputError(f"objective {name!r}: weight {weight!r} must be a finite number")

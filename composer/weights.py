@@ -37,5 +37,5 @@ def row_weights(
             note = check_guards(objective, value, overridden_guards)
             if note is not None and note not in notes:
                 notes.append(note)
-            table[k, b] = value
+            table[k, b] = float(value)  # an int beyond int64 (2**63) is still a valid weight
     return table, notes

@@ -54,7 +54,7 @@ def test_unknown_model_path(path, message):
         Composer(path)
 
 
-@pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf, "1.0", True])
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf, "1.0", True, 10**400])
 def test_bad_weight(tiny, weight):
     with one_line_error("must be a finite number"):
         pair(tiny, weight=weight)
@@ -64,6 +64,7 @@ def test_bad_per_row_weights(tiny):
     composer = Composer(tiny["base"], [pair(tiny)])
     with one_line_error("must be a finite number"):
         composer.generate("the cat", weights={"s": math.nan})
+    assert len(composer.generate("the cat", DecodingConfig(max_new_tokens=2), weights={"s": 2**63})) == 1
     with one_line_error(r"unknown objective\(s\) \['code'\]; this recipe has \['s'\]"):
         composer.generate("the cat", weights={"code": 1.0})
     with one_line_error("give one per prompt"):
