@@ -17,6 +17,7 @@ from experts.stream import ModelStream, left_pad
 
 MAX_K = 4
 SPECULATIVE_K = (1, 3)
+STACKING_K = 3
 PROMPTED_FORMATS = 3
 
 
@@ -74,6 +75,9 @@ def composer_runs(models: ModelSet, case: Case, texts: list[str]) -> tuple[dict[
     for k in range(1, MAX_K + 1):
         composer = fixed_length(Composer(models.base, objectives(models, k)))
         runs[f"compose:k{k}"] = _generate(composer, texts, greedy)
+        if k == STACKING_K:
+            unstacked = fixed_length(Composer(models.base, objectives(models, k), stack_models=False))
+            runs[f"compose:k{k}:unstacked"] = _generate(unstacked, texts, greedy)
         if k in SPECULATIVE_K:
             drafts[f"speculative:k{k}"] = Draft()
             runs[f"speculative:k{k}"] = _generate(composer, texts, greedy, drafts[f"speculative:k{k}"])

@@ -20,8 +20,8 @@ from composer import Composer
 
 def cache_bytes(composer_session) -> int:
     total = 0
-    for stream in composer_session.streams:
-        for layer in stream.cache.layers:
+    for unit in composer_session.units:
+        for layer in unit.stream.cache.layers:
             total += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
     return total
 
@@ -31,7 +31,7 @@ def weight_bytes(composer: Composer) -> tuple[int, int]:
     storages: dict[int, int] = {}
     models = {id(m.model) for m in composer.models}
     for loaded in composer.models:
-        for p in loaded.model.parameters():
+        for p in loaded.model.parameters():  # a stacked member's parameters are views into the stack
             storages[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
     return sum(storages.values()), len(models)
 
@@ -47,8 +47,8 @@ def measure(models: ModelSet, k: int, case: Case) -> dict:
     rss = psutil.Process().memory_info
     baseline = rss().rss
     composer = fixed_length(Composer(models.base, objectives(models, k)))
+    session = composer.session(prompts(models, case), max_new_tokens=case.new)  # stacks the small models
     weights, distinct = weight_bytes(composer)
-    session = composer.session(prompts(models, case), max_new_tokens=case.new)
     composed = session.start()
     checkpoints = {}
     for step in range(case.new - 1):

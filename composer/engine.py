@@ -67,19 +67,21 @@ class Composer:
         return self.plan.objectives
 
     def explain(self) -> str:
-        return self.plan.explain(partition(self.models, self.plan.base.group, self.stack_models))
+        return self.plan.explain(partition(self.models, {self.plan.base.group}, self.stack_models))
 
     def session(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> Session:
         """Decoding state for a batch: the primitive that every decoding loop drives."""
         return self._session(prompts, weights, max_new_tokens)[0]
 
     def _session(
-        self, prompts: Sequence[str], weights: WeightOverride, max_new_tokens: int
+        self, prompts: Sequence[str], weights: WeightOverride, max_new_tokens: int, draft: Draft | None = None
     ) -> tuple[Session, list[str]]:
         table, guard_notes = row_weights(self.objectives, len(prompts), weights, self.override_guards)
         rows = render_rows(self.plan, self.models, prompts)
+        # a model that drafts by itself runs outside its stack, or every drafted token would run the whole stack
+        alone = {draft.slot(self.plan).group} if draft is not None and not draft.steer else set()
         session = Session(
-            self.plan, self.models, self.vocab_width, rows, table, max_new_tokens, stack=self.stack_models
+            self.plan, self.models, self.vocab_width, rows, table, max_new_tokens, self.stack_models, alone
         )
         return session, guard_notes
 
@@ -97,7 +99,7 @@ class Composer:
         """
         config = config or DecodingConfig()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        session, guard_notes = self._session(prompts, weights, config.max_new_tokens)
+        session, guard_notes = self._session(prompts, weights, config.max_new_tokens, draft)
         repeats = torch.arange(len(prompts)).repeat_interleave(config.num_return_sequences)
         prompt_of_row = [prompts[i] for i in repeats.tolist()]
         tokens: list[list[int]] = [[] for _ in prompt_of_row]

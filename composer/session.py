@@ -6,7 +6,7 @@ positions, masks, vocabulary slicing and -inf handling live here and nowhere els
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,10 +80,12 @@ class Session:
         row_weights: torch.Tensor,
         max_new_tokens: int = 0,
         stack: bool = True,
+        alone: Collection[int] = (),
     ) -> None:
         """``rows[g]`` holds group g's token rows, format-major (see ``render_rows``); row_weights is (K, B).
 
-        ``stack`` runs same-architecture groups (experts, anti-experts) as one forward (``composer.units``).
+        ``stack`` runs same-architecture groups (experts, anti-experts) as one forward (``composer.units``),
+        except the base and the groups in ``alone``.
         """
         self.plan = plan
         self.models = models
@@ -95,7 +97,7 @@ class Session:
         for model, group_rows in zip(models, rows, strict=True):
             check_fits(model, [len(r) for r in group_rows], max_new_tokens)
         formats = [len(f) for f in plan.formats]
-        self.units = build_units(models, formats, plan.base.group, stack)
+        self.units = build_units(models, formats, {plan.base.group, *alone}, stack)
         self.device = models[plan.base.group].device
         self._schedule_table = torch.empty(len(plan.objectives), 0, dtype=row_weights.dtype)
 

@@ -1,14 +1,15 @@
 """Which of a plan's groups run as one forward per step, and where each group's rows sit in that forward.
 
 A group is one set of weights running all its prompt formats as rows. Groups of one architecture (the
-experts and anti-experts) are stacked into a single forward (``experts.stacking``); the base always runs
-alone. A unit's batch is member-major, each member owning ``blocks * batch`` rows: its formats, then
-copies of its first format where it has fewer formats than another member (the stack needs equal shares).
+experts and anti-experts) are stacked into a single forward (``experts.stacking``); the base, and a draft
+model that proposes tokens alone, run by themselves. A unit's batch is member-major, each member owning
+``blocks * batch`` rows: its formats, then copies of its first format where it has fewer formats than
+another member (the stack needs equal shares).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,12 +55,12 @@ class Unit:
         return (offsets + index).flatten()
 
 
-def partition(models: Sequence[LoadedModel], base_group: int, stack: bool = True) -> list[list[int]]:
+def partition(models: Sequence[LoadedModel], alone: Collection[int], stack: bool = True) -> list[list[int]]:
     """Groups that run as one forward: stacks of one architecture (or one group each, ``stack`` off)."""
     if not stack:
         return [[g] for g in range(len(models))]
     units: list[list[int]] = []
-    for groups in stack_groups(models, alone=base_group):
+    for groups in stack_groups(models, alone):
         try:
             if len(groups) > 1:
                 stacked([models[g] for g in groups])
@@ -70,10 +71,10 @@ def partition(models: Sequence[LoadedModel], base_group: int, stack: bool = True
 
 
 def build_units(
-    models: Sequence[LoadedModel], formats: Sequence[int], base_group: int, stack: bool = True
+    models: Sequence[LoadedModel], formats: Sequence[int], alone: Collection[int], stack: bool = True
 ) -> list[Unit]:
     units = []
-    for groups in partition(models, base_group, stack):
+    for groups in partition(models, alone, stack):
         members = [models[g] for g in groups]
         model = stacked(members) if len(groups) > 1 else members[0].model
         stream = ModelStream(model, members[0].tokenizer.pad_token_id)

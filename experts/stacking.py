@@ -10,7 +10,7 @@ parameters become views into the stacked tensors, so the weights stay in memory 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import cache
 
 import torch
@@ -33,16 +33,16 @@ def signature(loaded: LoadedModel) -> tuple | None:
     return (type(model), repr(sorted(config.items())), dtype, loaded.device)
 
 
-def stack_groups(models: Sequence[LoadedModel], alone: int | None = None) -> list[list[int]]:
+def stack_groups(models: Sequence[LoadedModel], alone: Collection[int] = ()) -> list[list[int]]:
     """Indices of ``models`` partitioned into stacks of equal signature, in order of first appearance.
 
-    ``alone`` (the base) always runs by itself: stacked with the small models it would run at every
-    drafted token of speculative decoding.
+    Indices in ``alone`` run by themselves: the base (stacked with the small models it would run at every
+    drafted token of speculative decoding) and a lone draft model (stacked, its whole stack would).
     """
     units: dict[object, list[int]] = {}
     for index, loaded in enumerate(models):
         key = signature(loaded)
-        key = ("alone", index) if key is None or index == alone else key
+        key = ("alone", index) if key is None or index in alone else key
         units.setdefault(key, []).append(index)
     return list(units.values())
 

@@ -153,3 +153,16 @@ def test_leaves_of_other_forms_run_as_each_member(make):
     assert isinstance(leaf, StackedLeaf)
     x = torch.randn(4, 3, 6)
     assert torch.equal(leaf(x), torch.cat([members[0](x[:2]), members[1](x[2:])]))
+
+
+def test_a_model_drafting_by_itself_leaves_its_stack(tiny):
+    steered = Composer(tiny["base"], objectives(tiny, "float32"))
+    draft = Draft(model=member(tiny["anti"]), steer=False, gamma=3)
+    session, _ = steered._session(["the cat"], None, 8, draft)
+    anti = draft.slot(steered.plan).group
+    assert [anti] in [unit.groups for unit in session.units]
+    assert len(session.units) == 3  # base; anti (drafts alone); expert_a, expert_b, anti_b stacked
+    config = DecodingConfig(max_new_tokens=12)
+    prompts = ["the cat sat on", "hello world"]
+    fast = steered.generate(prompts, config, draft=draft)
+    assert [c.token_ids for c in fast] == [c.token_ids for c in steered.generate(prompts, config)]
