@@ -130,16 +130,20 @@ class Composer:
         ]
 
     def stream(
-        self, prompt: str, config: DecodingConfig | None = None, weights: WeightOverride = None
+        self,
+        prompt: str,
+        config: DecodingConfig | None = None,
+        weights: WeightOverride = None,
+        draft: Draft | None = None,
     ) -> Iterator[str]:
-        """Text as it is produced, for one prompt."""
+        """Text as it is produced, for one prompt; with a ``draft``, decoded speculatively (the same text)."""
         config = config or DecodingConfig()
         if config.num_return_sequences != 1:
             config = replace(config, num_return_sequences=1)
-        session = self.session([prompt], weights, config.max_new_tokens)
+        session = self._session([prompt], weights, config.max_new_tokens, draft)[0]
         tokens: list[int] = []
         shown = ""
-        for _, chosen, _ in self._decode(session, config, torch.zeros(1, dtype=torch.long)):
+        for _, chosen, _ in self._decode(session, config, torch.zeros(1, dtype=torch.long), draft):
             tokens.append(int(chosen[0]))
             reason = self._finish_reason(tokens[-1], tokens, config)
             text = self._text(tokens, reason, config)

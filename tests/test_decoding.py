@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from composer import Composer, DecodingConfig, Member, ModelSpec, Objective
+from composer import Composer, DecodingConfig, Draft, Member, ModelSpec, Objective
 
 
 def steered(tiny: dict) -> Composer:
@@ -66,6 +66,7 @@ def test_stream_yields_the_generated_text(tiny):
     pieces = list(composer.stream("the cat", config))
     assert len(pieces) > 1
     assert "".join(pieces) == composer.generate("the cat", config)[0].text
+    assert "".join(composer.stream("the cat", config, draft=Draft(gamma=3))) == "".join(pieces)
 
 
 def test_sampling_follows_the_composed_distribution(tiny):
