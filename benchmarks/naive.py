@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from experts.compat import CACHE_ARG
+
 
 @torch.inference_mode()
 def naive_generate(
@@ -27,7 +29,7 @@ def naive_generate(
     generated = []
     for _ in range(max_new_tokens):
         logits = [
-            m(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=c, use_cache=True).logits[
+            m(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{CACHE_ARG: c}).logits[
                 :, -1
             ]
             for m, c in zip(members, caches, strict=True)

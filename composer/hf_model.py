@@ -18,6 +18,7 @@ from composer.engine import Composer
 from composer.schedules import Constant
 from composer.session import Session, render_rows
 from composer.weights import row_weights
+from experts.compat import CACHE_ARG
 from experts.errors import UserInputError
 from experts.prompts import Raw
 
@@ -78,30 +79,31 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         return self.composer.models[self.composer.plan.base.group].model.get_input_embeddings()
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:  # noqa: ANN001
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = CompositeCache()
+        if model_kwargs.get(CACHE_ARG) is None and generation_config.use_cache is not False:
+            model_kwargs[CACHE_ARG] = CompositeCache()
 
     def forward(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: CompositeCache | None = None,
         steering_weights: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         use_cache: bool | None = None,
-        **_: object,
+        **kwargs: object,
     ) -> CausalLMOutputWithPast:
+        """The cache arrives as ``cache`` (transformers >= 5.24) or ``past_key_values`` (earlier)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if past_key_values is not None and not isinstance(past_key_values, CompositeCache):
-            raise UserInputError("ComposedForCausalLM needs its own cache; do not pass past_key_values from a member")
-        if past_key_values is None:
+        if cache is not None and not isinstance(cache, CompositeCache):
+            raise UserInputError("ComposedForCausalLM needs its own cache; do not pass a member's cache")
+        if cache is None:
             logits = self._compose_every_position(input_ids, attention_mask, steering_weights)
-        elif past_key_values.session is None:
-            logits = self._start_session(past_key_values, input_ids, attention_mask, steering_weights, logits_to_keep)
+        elif cache.session is None:
+            logits = self._start_session(cache, input_ids, attention_mask, steering_weights, logits_to_keep)
         else:
-            logits = past_key_values.session.extend(input_ids).logits
-        return CausalLMOutputWithPast(logits=self._full_width(logits), past_key_values=past_key_values)
+            logits = cache.session.extend(input_ids).logits
+        return CausalLMOutputWithPast(logits=self._full_width(logits), **{CACHE_ARG: cache})
 
     def _weights(self, batch: int, steering_weights: torch.Tensor | None) -> torch.Tensor:
         names = [o.name for o in self.composer.objectives]

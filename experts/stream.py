@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from experts.compat import CACHE_ARG
 from experts.errors import UserInputError
 from experts.loading import LoadedModel
 
@@ -77,9 +78,9 @@ class ModelStream:
             input_ids=ids,
             attention_mask=self.mask,
             position_ids=positions_from_mask(self.mask),
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{CACHE_ARG: self.cache},
         )
         return out.logits[:, -1]
 
@@ -94,8 +95,8 @@ class ModelStream:
             input_ids=tokens,
             attention_mask=self.mask,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
+            **{CACHE_ARG: self.cache},
         )
         return out.logits
 
