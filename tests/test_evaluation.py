@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from composer.evaluation.evaluate import evaluate
-from composer.evaluation.report import gap_closed, markdown_table, write_outputs
+from composer.evaluation.report import gap_closed, markdown_table, metrics_table, write_outputs
 
 SCORES = {
     "math": {"base": 0.2, "tuned": 0.8, "expert": 0.5, "proxy": 0.7, "multi": 0.65},
@@ -33,11 +33,22 @@ def test_table_and_chart(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and width > 400 and height > 200
 
 
+def test_metrics_table_lists_each_part_of_a_score():
+    parts = {"refusal_harmful": 1.0, "over_refusal_benign": 0.25, "score": 0.875}
+    scores = {"safety": {"metrics": {s: parts for s in ("base", "tuned", "expert", "proxy", "multi")}}}
+    rows = metrics_table(scores).splitlines()
+    assert rows[2] == "| safety: refusal_harmful | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |"
+    assert rows[3] == "| safety: over_refusal_benign | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 |"
+    assert len(rows) == 4
+
+
 def test_end_to_end_on_the_tiny_family(tmp_path):
-    scores = evaluate(n=2, split="test", out=tmp_path, max_new_tokens=6)
+    scores = evaluate(n=4, split="test", out=tmp_path, max_new_tokens=6)
     assert set(scores) == {"math", "safety", "code"}
     for row in scores.values():
         assert all(0.0 <= row[s] <= 1.0 for s in ("base", "tuned", "expert", "proxy", "multi"))
+    safety = scores["safety"]["metrics"]["tuned"]
+    assert safety["score"] == (safety["refusal_harmful"] + 1 - safety["over_refusal_benign"]) / 2
     assert (tmp_path / "lm_eval_tasks" / "family_math.yaml").exists()
 
 

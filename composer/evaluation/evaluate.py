@@ -22,7 +22,7 @@ from experts.family.world import GENERATORS
 from experts.family.world.example import Example
 
 
-def score_math(composer: Composer, examples: list[Example], folder: Path, max_new_tokens: int) -> float:
+def score_math(composer: Composer, examples: list[Example], folder: Path, max_new_tokens: int) -> dict[str, float]:
     """Math goes through lm-evaluation-harness: its regex filter and exact_match express the metric."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -34,36 +34,48 @@ def score_math(composer: Composer, examples: list[Example], folder: Path, max_ne
         task_manager=TaskManager(include_path=str(folder)),
         verbosity="ERROR",
     )
-    return float(results["results"][task]["exact_match,answer"])
+    accuracy = float(results["results"][task]["exact_match,answer"])
+    return {"accuracy": accuracy, "score": accuracy}
 
 
-def score_generated(composer: Composer, objective: str, examples: list[Example], max_new_tokens: int) -> float:
+def score_generated(
+    composer: Composer, objective: str, examples: list[Example], max_new_tokens: int
+) -> dict[str, float]:
     """Safety (refusals) and code (unit tests in the sandbox) are scored by the world's own metrics."""
     config = DecodingConfig(max_new_tokens=max_new_tokens)
     responses = []
     for start in range(0, len(examples), 16):
         batch = examples[start : start + 16]
         responses += [c.text for c in composer.generate([e.prompt for e in batch], config)]
-    return GENERATORS[objective].score(examples, responses)["score"]
+    return GENERATORS[objective].score(examples, responses)
 
 
-def score(composer: Composer, objective: str, examples: list[Example], out: Path, max_new_tokens: int) -> float:
+def measure(
+    composer: Composer, objective: str, examples: list[Example], out: Path, max_new_tokens: int
+) -> dict[str, float]:
+    """The objective's metrics: ``score`` (the one the gap is measured on) and any parts it is made of."""
     if objective == "math":
         return score_math(composer, examples, out / "lm_eval_tasks", max_new_tokens)
     return score_generated(composer, objective, examples, max_new_tokens)
 
 
-def evaluate(n: int, split: str, out: Path, max_new_tokens: int, seed: int = 0) -> dict[str, dict[str, float]]:
-    scores: dict[str, dict[str, float]] = {}
+def score(composer: Composer, objective: str, examples: list[Example], out: Path, max_new_tokens: int) -> float:
+    return measure(composer, objective, examples, out, max_new_tokens)["score"]
+
+
+def evaluate(n: int, split: str, out: Path, max_new_tokens: int, seed: int = 0) -> dict[str, dict]:
+    """Per objective: each system's score, the gaps closed, and ``metrics``, every metric of every system."""
+    scores: dict[str, dict] = {}
     for objective in OBJECTIVES:
         examples = GENERATORS[objective].generate(split, n, seed)
-        scores[objective] = {}
+        row: dict = {"metrics": {}}
         for system in SYSTEMS:
-            value = score(build_system(system, objective), objective, examples, out, max_new_tokens)
-            scores[objective][system] = value
-            print(f"{objective:>7} {system:>7}: {value:.3f}", flush=True)
-        scores[objective]["gap_closed_proxy"] = gap_closed(scores[objective], "proxy")
-        scores[objective]["gap_closed_multi"] = gap_closed(scores[objective], "multi")
+            metrics = measure(build_system(system, objective), objective, examples, out, max_new_tokens)
+            row[system], row["metrics"][system] = metrics["score"], metrics
+            print(f"{objective:>7} {system:>7}: {metrics}", flush=True)
+        row["gap_closed_proxy"] = gap_closed(row, "proxy")
+        row["gap_closed_multi"] = gap_closed(row, "multi")
+        scores[objective] = row
     return scores
 
 

@@ -32,6 +32,17 @@ def markdown_table(scores: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def metrics_table(scores: dict[str, dict]) -> str:
+    """Every metric an objective reports beside its score (safety: refusals of harmful and of benign prompts)."""
+    lines = ["| objective: metric | " + " | ".join(SYSTEMS) + " |", "|" + "---|" * (len(SYSTEMS) + 1)]
+    for objective, row in scores.items():
+        names = [m for m in row.get("metrics", {}).get(SYSTEMS[0], {}) if m != "score"]
+        for name in names:
+            cells = " | ".join(f"{row['metrics'][s][name]:.3f}" for s in SYSTEMS)
+            lines.append(f"| {objective}: {name} | {cells} |")
+    return "\n".join(lines)
+
+
 def bar_chart(scores: dict[str, dict[str, float]], path: Path) -> None:
     import matplotlib
 
@@ -53,9 +64,10 @@ def bar_chart(scores: dict[str, dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(scores: dict[str, dict[str, float]], out: Path, settings: dict) -> str:
-    table = markdown_table(scores)
+def write_outputs(scores: dict[str, dict], out: Path, settings: dict) -> str:
+    """results.md (the gap table, then every metric) and results.png; returns the Markdown."""
+    text = f"{markdown_table(scores)}\n\n{metrics_table(scores)}"
     settings_line = ", ".join(f"{k}={v}" for k, v in settings.items())
-    (out / "results.md").write_text(f"Held-out evaluation ({settings_line})\n\n{table}\n")
+    (out / "results.md").write_text(f"Held-out evaluation ({settings_line})\n\n{text}\n")
     bar_chart(scores, out / "results.png")
-    return table
+    return text
