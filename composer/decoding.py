@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from composer.session import Session
 from experts.errors import UserInputError
 
 
@@ -79,6 +81,22 @@ def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | N
         return scores.argmax(-1)
     probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def drop_finished(
+    session: Session, rows: torch.Tensor, finished: Collection[int], *per_row: torch.Tensor
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Stop computing rows that ended: the session and each ``per_row`` tensor keep only the others.
+
+    ``rows`` (B,) names each current row by its index in the caller's batch; returns the kept ``rows`` and
+    tensors. A finished row left in the batch would cost a full row of every forward until the longest ends.
+    """
+    keep = [i for i, row in enumerate(rows.tolist()) if row not in finished]
+    if len(keep) == len(rows) or not keep:
+        return rows, per_row
+    index = torch.tensor(keep)
+    session.select(index)
+    return rows[index], tuple(t.index_select(0, index.to(t.device)) for t in per_row)
 
 
 def _whole(key: str, value: object, minimum: int) -> None:

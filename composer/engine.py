@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from composer.decoding import DecodingConfig, choose
+from composer.decoding import DecodingConfig, choose, drop_finished
 from composer.objectives import Member, Objective
 from composer.plan import Plan
 from composer.scoring import ContinuationScore, score_continuations
@@ -102,18 +102,22 @@ class Composer:
         session, guard_notes = self._session(prompts, weights, config.max_new_tokens, draft)
         repeats = torch.arange(len(prompts)).repeat_interleave(config.num_return_sequences)
         prompt_of_row = [prompts[i] for i in repeats.tolist()]
+        weights_of_row = session.row_weights.index_select(1, repeats.to(session.row_weights.device))
         tokens: list[list[int]] = [[] for _ in prompt_of_row]
         traces: list[list[TokenTrace]] = [[] for _ in prompt_of_row]
         reasons = ["length"] * len(prompt_of_row)
-        for _, chosen, composed in self._decode(session, config, repeats, draft):
-            for row, token in enumerate(chosen.tolist()):
-                if reasons[row] != "length":
-                    continue  # finished rows keep decoding padding-like tokens that are thrown away
+        finished: set[int] = set()
+        for rows, chosen, composed in self._decode(session, config, repeats, draft, finished):
+            for i, (row, token) in enumerate(zip(rows.tolist(), chosen.tolist(), strict=True)):
+                if row in finished:
+                    continue  # a speculative round can run past a row's end; those tokens are thrown away
                 tokens[row].append(token)
                 if trace:
-                    traces[row].append(self._trace(composed, row, token))
+                    traces[row].append(self._trace(composed, i, token))
                 reasons[row] = self._finish_reason(token, tokens[row], config)
-            if all(r != "length" for r in reasons):
+                if reasons[row] != "length":
+                    finished.add(row)
+            if len(finished) == len(reasons):
                 break
         names = [o.name for o in self.objectives]
         return [
@@ -121,7 +125,7 @@ class Composer:
                 prompt=prompt_of_row[row],
                 text=self._text(tokens[row], reasons[row], config),
                 token_ids=tokens[row],
-                weights=dict(zip(names, session.row_weights[:, row].tolist(), strict=True)),
+                weights=dict(zip(names, weights_of_row[:, row].tolist(), strict=True)),
                 finish_reason=reasons[row],
                 trace=traces[row] if trace else None,
                 guards_overridden=list(guard_notes),
@@ -162,26 +166,37 @@ class Composer:
         return score_continuations(self, list(prompts), list(continuations), weights)
 
     def _decode(
-        self, session: Session, config: DecodingConfig, repeats: torch.Tensor, draft: Draft | None = None
-    ) -> Iterator[tuple[int, torch.Tensor, Composed]]:
-        """Yields (step, chosen tokens (B,), composed parts) until max_new_tokens or the caller stops."""
+        self,
+        session: Session,
+        config: DecodingConfig,
+        repeats: torch.Tensor,
+        draft: Draft | None = None,
+        finished: Collection[int] = (),
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Composed]]:
+        """Yields (rows (B',), chosen tokens (B',), composed parts) until max_new_tokens or the caller stops.
+
+        ``rows`` are the indices (into ``repeats``) of the rows still decoding: the caller adds a row to
+        ``finished`` when it ends, and the next step runs without it (``Session.select``).
+        """
         composed = session.start()
         if config.num_return_sequences > 1:
             session.select(repeats.to(session.device))
             composed = composed.take(rows=repeats.to(session.device))
         history = _base_prompt_ids(session).index_select(0, repeats.to(session.device))
         if draft is not None:
-            yield from speculate(session, composed, history, config, draft)
+            yield from speculate(session, composed, history, config, draft, finished)
             return
         processors = config.processors()
         generator = config.generator(session.device)
+        rows = torch.arange(len(repeats))
         for step in range(config.max_new_tokens):
             scores = processors(history, composed.logits[:, -1])
             chosen = choose(scores, config.do_sample, generator)
-            yield step, chosen, composed
+            yield rows, chosen, composed
             if step + 1 == config.max_new_tokens:
                 return
             history = torch.cat([history, chosen.unsqueeze(1)], dim=1)
+            rows, (history, chosen) = drop_finished(session, rows, finished, history, chosen)
             composed = session.extend(chosen.unsqueeze(1))
 
     def _finish_reason(self, token: int, tokens: list[int], config: DecodingConfig) -> str:

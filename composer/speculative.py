@@ -10,13 +10,13 @@ non-speculative composed decoding; greedy decoding gives exactly its tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from transformers import LogitsProcessorList
 
-from composer.decoding import DecodingConfig, choose
+from composer.decoding import DecodingConfig, choose, drop_finished
 from composer.objectives import Member
 from composer.plan import Plan, Slot
 from composer.session import Composed, Session
@@ -73,24 +73,32 @@ class Draft:
 
 
 def speculate(
-    session: Session, first: Composed, history: torch.Tensor, config: DecodingConfig, draft: Draft
-) -> Iterator[tuple[int, torch.Tensor, Composed]]:
-    """Yields (step, chosen tokens (B,), composed parts at that step), as the plain decode loop does.
+    session: Session,
+    first: Composed,
+    history: torch.Tensor,
+    config: DecodingConfig,
+    draft: Draft,
+    finished: Collection[int] = (),
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, Composed]]:
+    """Yields (rows, chosen tokens (B',), composed parts at that step), as the plain decode loop does.
 
     ``first`` is the started session's output and ``history`` the base's prompt ids (B, L). All rows advance
     by the same number of tokens per round (the fewest any row keeps), so caches stay rectangular; cutting a
     row's accepted run short does not change its distribution, since every kept token was drawn exactly.
+    Rows that the caller marks ``finished`` leave the batch at the next round.
     """
     speculator = _Speculator(session, config, draft)
     chosen = choose(speculator.processors(history, first.logits[:, -1]), config.do_sample, speculator.generator)
-    yield 0, chosen, first
+    rows = torch.arange(history.shape[0])
+    yield rows, chosen, first
     history = torch.cat([history, chosen.unsqueeze(1)], dim=1)
     generated = 1
     while generated < config.max_new_tokens:
+        rows, (history,) = drop_finished(session, rows, finished, history)
         gamma = min(draft.gamma, config.max_new_tokens - generated - 1)
         tokens, composed = speculator.round(history, generated, gamma)
         for j in range(tokens.shape[1]):
-            yield generated + j, tokens[:, j], composed.take(positions=slice(j, j + 1))
+            yield rows, tokens[:, j], composed.take(positions=slice(j, j + 1))
         generated += tokens.shape[1]
         history = torch.cat([history, tokens], dim=1)
 

@@ -78,3 +78,28 @@ def test_sampling_follows_the_composed_distribution(tiny):
     counts = torch.bincount(torch.tensor(draws), minlength=probs.shape[0]).double()
     likely = probs > 0.05
     assert torch.allclose(counts[likely] / 400, probs[likely].double(), atol=0.08)
+
+
+def test_finished_rows_leave_the_batch_and_the_others_decode_as_before(tiny, monkeypatch):
+    from composer.schedules import Linear
+    from composer.session import Session
+
+    objectives = [
+        Objective("s", Member(ModelSpec(tiny["expert_a"])), Member(ModelSpec(tiny["anti"])), schedule=Linear(0, 1, 6))
+    ]
+    composer = Composer(tiny["base"], objectives)
+    prompts, config = ["the cat", "hello", "write a function"], DecodingConfig(max_new_tokens=10)
+    free = [c.token_ids for c in composer.generate(prompts, config)]
+    # the first row with a token that is new to it at step 2 to 6: make that token the end of sequence
+    row, end = next((r, i) for r, ids in enumerate(free) for i in range(2, 7) if ids[i] not in ids[:i])
+    composer.eos_ids = {free[row][end]}
+    alone = [composer.generate(p, config)[0].token_ids for p in prompts]
+    assert alone[row] == free[row][: end + 1]
+    batches: list[int] = []
+    select = Session.select
+    monkeypatch.setattr(Session, "select", lambda self, index: batches.append(len(index)) or select(self, index))
+    for draft in (None, Draft(gamma=2)):
+        batches.clear()
+        out = composer.generate(prompts, config, draft=draft)
+        assert [c.token_ids for c in out] == alone
+        assert batches and max(batches) < len(prompts)  # the batch shrank once a row ended
