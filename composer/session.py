@@ -92,7 +92,8 @@ class Session:
         self.vocab_width = vocab_width
         self.row_weights = row_weights
         self.batch = row_weights.shape[1]
-        self.generated = 0
+        self.generated = 0  # columns appended to every stream since the prompt
+        self.steps = torch.zeros(self.batch, dtype=torch.long)  # of those, each row's own tokens (see retract)
         self.rows = rows
         for model, group_rows in zip(models, rows, strict=True):
             check_fits(model, [len(r) for r in group_rows], max_new_tokens)
@@ -104,6 +105,7 @@ class Session:
     def start(self) -> Composed:
         """Prefill all streams; the result predicts generated token 0, shape ``(B, 1, V)``."""
         self.generated = 0
+        self.steps = torch.zeros(self.batch, dtype=torch.long)
         outputs: dict[int, torch.Tensor] = {}
         for unit in self.units:
             last = unit.stream.start(unit.layout(self.rows, self.batch)).unsqueeze(1)
@@ -111,9 +113,9 @@ class Session:
         return self.compose(outputs, first_step=0)
 
     def extend(self, tokens: torch.Tensor) -> Composed:
-        """Append ``tokens`` (B, n) to every stream; position j predicts generated token ``generated + j``."""
-        first_step = self.generated + 1
-        self.generated += tokens.shape[1]
+        """Append ``tokens`` (B, n) to every stream; position j predicts row b's token ``steps[b] + j``."""
+        first_step = self.steps + 1
+        self.advanced(tokens.shape[1])
         outputs: dict[int, torch.Tensor] = {}
         for unit in range(len(self.units)):
             outputs.update(self.advance(unit, tokens))
@@ -126,6 +128,11 @@ class Session:
         forward, then composes; it owns the bookkeeping (``crop`` sets every stream's length again).
         """
         return self.units[unit].advance(tokens, self.batch)
+
+    def advanced(self, n: int) -> None:
+        """Count ``n`` columns appended to every stream (``extend`` does; ``advance`` leaves it to its caller)."""
+        self.generated += n
+        self.steps = self.steps + n
 
     def unit_of(self, group: int) -> int:
         return next(u for u, unit in enumerate(self.units) if group in unit.groups)
@@ -142,17 +149,38 @@ class Session:
         for unit in self.units:
             unit.stream.crop(generated)
         self.generated = generated
+        self.steps = torch.full((self.batch,), generated, dtype=torch.long)
+
+    def retract(self, keep: torch.Tensor, appended: int) -> None:
+        """Of the last ``appended`` columns, row b keeps its first ``keep[b]`` (B,): rows advance unevenly.
+
+        The columns a row drops are masked out of its attention, and columns that no row keeps are cropped,
+        so that each row continues exactly as if it alone had been cropped (speculative rejection per row).
+        """
+        for unit in self.units:
+            unit.retract(keep, appended, self.batch)
+        self.generated -= appended - int(keep.max())
+        self.steps = self.steps - (appended - keep.cpu())
 
     def select(self, index: torch.Tensor) -> None:
         """Keep, reorder or repeat prompts: ``index`` (B',) picks rows of the current batch."""
         for unit in self.units:
             unit.stream.select(unit.rows_of(index, self.batch))
         self.row_weights = self.row_weights[:, index.to(self.row_weights.device)]
+        self.steps = self.steps[index.cpu()]
         self.batch = index.shape[0]
 
-    def weights_at(self, first_step: int, n: int) -> torch.Tensor:
-        """Effective weights ``(K, B, n)``: each row's weight times each objective's schedule."""
-        return self.row_weights.unsqueeze(-1) * self._schedule(first_step + n)[:, None, first_step : first_step + n]
+    def weights_at(self, first_step: int | torch.Tensor, n: int) -> torch.Tensor:
+        """Effective weights ``(K, B, n)``: each row's weight times each objective's schedule.
+
+        ``first_step`` is the step of position 0, for every row (int) or per row ((B,), rows that advanced
+        unevenly).
+        """
+        if isinstance(first_step, int):
+            return self.row_weights.unsqueeze(-1) * self._schedule(first_step + n)[:, None, first_step : first_step + n]
+        steps = first_step.unsqueeze(1) + torch.arange(n)  # (B, n)
+        table = self._schedule(int(steps.max()) + 1)
+        return self.row_weights.unsqueeze(-1) * table[:, steps.to(table.device)]
 
     def _schedule(self, steps: int) -> torch.Tensor:
         """Every objective's schedule for steps ``[0, steps)``, ``(K, steps)``: computed once, not per step."""
@@ -164,7 +192,11 @@ class Session:
         return self._schedule_table
 
     def compose(
-        self, outputs: Mapping[int, torch.Tensor], first_step: int, base: Slot | None = None, steer: bool = True
+        self,
+        outputs: Mapping[int, torch.Tensor],
+        first_step: int | torch.Tensor,
+        base: Slot | None = None,
+        steer: bool = True,
     ) -> Composed:
         """Composed logits ``(B, n, V)`` from each group's raw logits ``(R_g, n, V)`` (only the groups used).
 

@@ -26,12 +26,12 @@ from experts.loading import ModelSpec
 
 @dataclass
 class SpeculationStats:
-    """Counts over every round since the draft was made; ``acceptance_rate`` is per tested token and row."""
+    """Counts over every round and row since the draft was made; both rates are per row."""
 
-    rounds: int = 0
+    rounds: int = 0  # rows that took part, summed over rounds
     tested: int = 0  # drafted tokens that met the acceptance test (those after a row's rejection never do)
     accepted: int = 0
-    committed: int = 0  # tokens kept per row, summed over rounds
+    committed: int = 0  # tokens kept, summed over rows and rounds
 
     @property
     def acceptance_rate(self) -> float:
@@ -82,25 +82,43 @@ def speculate(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Composed]]:
     """Yields (rows, chosen tokens (B',), composed parts at that step), as the plain decode loop does.
 
-    ``first`` is the started session's output and ``history`` the base's prompt ids (B, L). All rows advance
-    by the same number of tokens per round (the fewest any row keeps), so caches stay rectangular; cutting a
-    row's accepted run short does not change its distribution, since every kept token was drawn exactly.
-    Rows that the caller marks ``finished`` leave the batch at the next round.
+    ``first`` is the started session's output and ``history`` the base's prompt ids (B, L). Each row keeps
+    what it accepted, so rows advance unevenly (``Session.retract``); a position's yield covers the rows that
+    reached it. Rows that the caller marks ``finished``, and rows at ``max_new_tokens``, leave the batch.
     """
     speculator = _Speculator(session, config, draft)
     chosen = choose(speculator.processors(history, first.logits[:, -1]), config.do_sample, speculator.generator)
     rows = torch.arange(history.shape[0])
     yield rows, chosen, first
     history = torch.cat([history, chosen.unsqueeze(1)], dim=1)
-    generated = 1
-    while generated < config.max_new_tokens:
-        rows, (history,) = drop_finished(session, rows, finished, history)
-        gamma = min(draft.gamma, config.max_new_tokens - generated - 1)
-        tokens, composed = speculator.round(history, generated, gamma)
-        for j in range(tokens.shape[1]):
-            yield rows, tokens[:, j], composed.take(positions=slice(j, j + 1))
-        generated += tokens.shape[1]
-        history = torch.cat([history, tokens], dim=1)
+    generated = torch.ones(len(rows), dtype=torch.long)  # per row; the last one is not fed to any stream yet
+    done: set[int] = set()
+    while True:
+        ended = {*finished, *done}
+        if all(row in ended for row in rows.tolist()):
+            return
+        rows, (history, generated) = drop_finished(session, rows, ended, history, generated)
+        gamma = min(draft.gamma, config.max_new_tokens - int(generated.min()) - 1)
+        tokens, kept, composed = speculator.round(history, generated, gamma)
+        for j in range(int(kept.max())):
+            reached = ((kept > j) & (generated + j < config.max_new_tokens)).nonzero()[:, 0]
+            if len(reached):
+                yield rows[reached], tokens[reached, j], composed.take(reached, slice(j, j + 1))
+        generated = generated + kept
+        history = append_ragged(history, tokens, kept)
+        done |= {int(r) for r in rows[generated >= config.max_new_tokens]}
+
+
+def append_ragged(history: torch.Tensor, tokens: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``history`` (B, L) with row b's first ``kept[b]`` of ``tokens`` (B, n) appended, right-aligned.
+
+    Shorter rows are filled on the left with copies of their own first id: the only processor that reads
+    the ids (the repetition penalty) treats them as a set, so the fill changes nothing.
+    """
+    width = history.shape[1] + int(kept.max())
+    joined = torch.cat([history, tokens], dim=1)
+    columns = torch.arange(width, device=history.device) + (kept.to(history.device) - int(kept.max())).unsqueeze(1)
+    return joined.gather(1, columns.clamp(min=0))
 
 
 class _Speculator:
@@ -116,15 +134,17 @@ class _Speculator:
         self.processors: LogitsProcessorList = config.processors()
         self.generator = config.generator(session.device)
 
-    def round(self, history: torch.Tensor, generated: int, gamma: int) -> tuple[torch.Tensor, Composed]:
-        """One draft-verify round after ``generated`` tokens, the last of them not yet fed to any stream.
+    def round(
+        self, history: torch.Tensor, generated: torch.Tensor, gamma: int
+    ) -> tuple[torch.Tensor, torch.Tensor, Composed]:
+        """One draft-verify round; row b has ``generated[b]`` tokens, the last of them not yet fed to any stream.
 
-        ``history`` (B, L + generated) ends with them. Returns the kept tokens (B, n), 1 <= n <= gamma + 1,
-        and the target's composition at their positions.
+        ``history`` (B, L) ends with each row's tokens. Returns the tokens (B, gamma + 1) of which row b keeps
+        the first ``kept[b]`` (1 to gamma + 1), ``kept`` (B,), and the target's composition at their positions.
         """
         pending = history[:, -1:]
         drafts, draft_scores, draft_outputs = self._propose(pending, history, generated, gamma)
-        fed = torch.cat([pending, drafts], dim=1)  # (B, gamma + 1): generated tokens generated-1 .. +gamma-1
+        fed = torch.cat([pending, drafts], dim=1)  # (B, gamma + 1): each row's last token, then the drafts
         outputs: dict[int, torch.Tensor] = {}
         for unit in range(len(self.session.units)):
             if unit in self.draft_units:
@@ -132,13 +152,14 @@ class _Speculator:
                 outputs.update({g: torch.cat([*draft_outputs.get(g, []), logits], 1) for g, logits in last.items()})
             else:
                 outputs.update(self.session.advance(unit, fed))
+        self.session.advanced(gamma + 1)
         composed = self.session.compose(outputs, first_step=generated)
-        tokens = self._accept(composed, drafts, draft_scores, history)
-        self.session.crop(generated + tokens.shape[1] - 1)
-        return tokens, composed
+        tokens, kept = self._accept(composed, drafts, draft_scores, history)
+        self.session.retract(kept, gamma + 1)
+        return tokens, kept, composed
 
     def _propose(
-        self, pending: torch.Tensor, history: torch.Tensor, generated: int, gamma: int
+        self, pending: torch.Tensor, history: torch.Tensor, generated: torch.Tensor, gamma: int
     ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, list[torch.Tensor]]]:
         """``gamma`` draft tokens (B, gamma), the draft's processed scores for each, and its groups' raw logits."""
         outputs: dict[int, list[torch.Tensor]] = {}
@@ -158,22 +179,32 @@ class _Speculator:
 
     def _accept(
         self, composed: Composed, drafts: torch.Tensor, draft_scores: list[torch.Tensor], history: torch.Tensor
-    ) -> torch.Tensor:
-        """The kept tokens (B, n): the prefix every row accepted, then each row's own next token there."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's drafts up to its first rejection, then its correction (or a bonus token after all of them).
+
+        Returns the tokens (B, gamma + 1), where row b's first ``kept[b]`` count, and ``kept`` (B,).
+        """
         stats, gamma, rows = self.draft.stats, drafts.shape[1], drafts.shape[0]
+        tokens = torch.cat([drafts, drafts.new_zeros((rows, 1))], dim=1)
+        kept = torch.full((rows,), gamma + 1, dtype=torch.long, device=drafts.device)
+        testing = torch.ones(rows, dtype=torch.bool, device=drafts.device)  # rows with no rejection yet
         for i in range(gamma + 1):
             target = self.processors(_extended(history, [drafts[:, :i]]), composed.logits[:, i])
             if i == gamma:  # every draft accepted: a bonus token from the target
-                last = choose(target, self.config.do_sample, self.generator)
+                tokens[:, i] = torch.where(testing, choose(target, self.config.do_sample, self.generator), tokens[:, i])
                 break
-            accepted, last = self._test(target, draft_scores[i], drafts[:, i])
-            stats.tested += rows
-            stats.accepted += int(accepted.sum())
-            if not bool(accepted.all()):
+            accepted, token = self._test(target, draft_scores[i], drafts[:, i])
+            stats.tested += int(testing.sum())
+            stats.accepted += int((accepted & testing).sum())
+            rejected = testing & ~accepted
+            tokens[:, i] = torch.where(rejected, token, tokens[:, i])
+            kept = torch.where(rejected, i + 1, kept)
+            testing &= accepted
+            if not bool(testing.any()):
                 break
-        stats.rounds += 1
-        stats.committed += i + 1
-        return torch.cat([drafts[:, :i], last.unsqueeze(1)], dim=1)
+        stats.rounds += rows
+        stats.committed += int(kept.sum())
+        return tokens, kept.cpu()
 
     def _test(
         self, target: torch.Tensor, proposal: torch.Tensor, drafted: torch.Tensor

@@ -49,6 +49,11 @@ class Unit:
         copies = len(self.groups) * self.blocks
         return self.split(self.stream.extend(tokens if copies == 1 else tokens.repeat(copies, 1)), batch)
 
+    def retract(self, keep: torch.Tensor, appended: int, batch: int) -> None:
+        """Row b of every member keeps the first ``keep[b]`` of the last ``appended`` columns."""
+        copies = len(self.groups) * self.blocks
+        self.stream.retract(keep.repeat(copies), appended)
+
     def rows_of(self, index: torch.Tensor, batch: int) -> torch.Tensor:
         """The unit's row indices that keep, reorder or repeat prompts ``index`` of a batch of ``batch``."""
         offsets = torch.arange(len(self.groups) * self.blocks, device=index.device).unsqueeze(1) * batch

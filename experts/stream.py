@@ -108,6 +108,17 @@ class ModelStream:
             self.cache.crop(-surplus)  # transformers 5 counts tokens to remove, as a negative number
             self.mask = self.mask[:, :width]
 
+    def retract(self, keep: torch.Tensor, appended: int) -> None:
+        """Of the last ``appended`` columns, row r keeps its first ``keep[r]``; the rest leave its attention.
+
+        Masked columns stay in the cache (rows share one width) but no later token attends to them, and
+        positions count only unmasked tokens, so each row goes on exactly as if cropped alone.
+        """
+        self.crop(self.mask.shape[1] - self.prompt_width - appended + int(keep.max()))
+        width = int(keep.max())
+        kept = torch.arange(width, device=self.device) < keep.to(self.device).unsqueeze(1)
+        self.mask = torch.cat([self.mask[:, : self.mask.shape[1] - width], kept.to(self.mask.dtype)], dim=1)
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep, reorder or repeat rows (beam reordering, several samples per prompt, dropping rows)."""
         rows = rows.to(self.device)
