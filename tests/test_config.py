@@ -188,3 +188,10 @@ def test_guards_of_a_protected_objective_are_checked_before_loading(capsys: pyte
     assert "FAIL  code_safety: objective 'safety': protected objective would get a negative weight" in refused
     validate(["objectives.safety.weight=-1", "override_guards=[safety]"])
     assert "ok    code_safety:" in capsys.readouterr().out
+
+
+def test_the_tiny_recipe_composes_with_the_weights_the_evaluation_measured():
+    from composer.evaluation.family import MULTI_WEIGHTS
+
+    cfg = compose_run("recipe=tiny")
+    assert {o.name: o.weight for o in build_objectives(cfg)} == MULTI_WEIGHTS

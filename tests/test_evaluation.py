@@ -55,15 +55,29 @@ def test_end_to_end_on_the_tiny_family(tmp_path):
 def test_weight_selection_maximises_the_worst_margin_to_each_proxy(tmp_path, monkeypatch):
     from composer.evaluation import select_weight
 
-    # fake composed scores: weight 0.4 trails every proxy by at most 0.1, 0.8 is better on math but worse on code
-    table = {
-        ("proxy", None): {"math": 0.9, "safety": 1.0, "code": 0.9},
-        ("multi", 0.4): {"math": 0.8, "safety": 1.0, "code": 0.85},
-        ("multi", 0.8): {"math": 0.9, "safety": 1.0, "code": 0.6},
-    }
-    monkeypatch.setattr(select_weight, "build_system", lambda system, o, w=None: (system, w))
-    monkeypatch.setattr(select_weight, "score", lambda composer, o, examples, out, n: table[composer][o])
-    result = select_weight.select([0.8, 0.4], n=2, out=tmp_path, max_new_tokens=4)
-    assert result["chosen"] == 0.4
-    assert [row["worst_margin"] for row in result["candidates"]] == pytest.approx([-0.3, -0.1])
-    assert "| 0.4 (chosen) | 0.800 | 1.000 | 0.850 | -0.100 |" in select_weight.markdown(result)
+    # fake composed scores: uniform 0.4 trails every proxy by at most 0.1; 0.8 is better on math but worse on
+    # code; more weight on math alone is best
+    uniform = {0.4: {"math": 0.8, "safety": 1.0, "code": 0.85}, 0.8: {"math": 0.9, "safety": 1.0, "code": 0.6}}
+    math_heavy = {"math": 0.88, "safety": 1.0, "code": 0.85}
+    proxy = {"math": 0.9, "safety": 1.0, "code": 0.9}
+
+    def fake_system(system, objective, weights=None):
+        return ("proxy",) if system == "proxy" else tuple(weights.values())
+
+    def fake_score(composer, objective, examples, out, n):
+        if composer == ("proxy",):
+            return proxy[objective]
+        return math_heavy[objective] if composer == (0.6, 0.4, 0.4) else uniform[composer[0]][objective]
+
+    monkeypatch.setattr(select_weight, "build_system", fake_system)
+    monkeypatch.setattr(select_weight, "score", fake_score)
+    weights = select_weight.candidates([0.8, 0.4], {"math": [0.4, 0.6]})
+    assert weights == [dict.fromkeys(("math", "safety", "code"), w) for w in (0.8, 0.4)] + [
+        {"math": 0.6, "safety": 0.4, "code": 0.4}
+    ]
+    result = select_weight.select(weights, n=2, out=tmp_path, max_new_tokens=4)
+    assert result["chosen"] == {"math": 0.6, "safety": 0.4, "code": 0.4}
+    assert [row["worst_margin"] for row in result["candidates"]] == pytest.approx([-0.3, -0.1, -0.05])
+    table = select_weight.markdown(result)
+    assert "| 0.4 | 0.800 | 1.000 | 0.850 | -0.100 |" in table
+    assert "| math 0.6 / safety 0.4 / code 0.4 (chosen) | 0.880 | 1.000 | 0.850 | -0.050 |" in table

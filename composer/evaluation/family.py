@@ -7,6 +7,8 @@ engine that users run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from composer.engine import Composer
 from composer.objectives import Member, Objective
 from experts.family import BASE, MODELS_DIR, OBJECTIVES, SMALL, TUNED, base_prompt, expert_name
@@ -15,9 +17,9 @@ from experts.prompts import Chat, Template
 
 SYSTEMS = ("base", "tuned", "expert", "proxy", "multi")
 # Every expert also carries the instruction-following delta they share, so the composition of all objectives
-# weighs each below 1: 0.4, chosen on the validation split by composer.evaluation.select_weight (the default
-# tiny recipe uses the same).
-MULTI_WEIGHT = 0.4
+# weighs each below 1: chosen on the validation split by composer.evaluation.select_weight (the default tiny
+# recipe uses the same).
+MULTI_WEIGHTS: dict[str, float] = {"math": 0.4, "safety": 0.4, "code": 0.4}
 RAW = Template(base_prompt("{prompt}"))
 
 
@@ -29,7 +31,7 @@ def proxy_objective(objective: str, weight: float = 1.0) -> Objective:
     return Objective(objective, member(expert_name(objective), chat=True), member(SMALL, chat=False), weight=weight)
 
 
-def build_system(system: str, objective: str, multi_weight: float = MULTI_WEIGHT) -> Composer:
+def build_system(system: str, objective: str, multi_weights: Mapping[str, float] = MULTI_WEIGHTS) -> Composer:
     """base, tuned, expert alone, single-objective proxy, or the composition of every objective."""
     if system == "base":
         return Composer(member(BASE, chat=False))
@@ -40,5 +42,5 @@ def build_system(system: str, objective: str, multi_weight: float = MULTI_WEIGHT
     if system == "proxy":
         return Composer(member(BASE, chat=False), [proxy_objective(objective)])
     if system == "multi":
-        return Composer(member(BASE, chat=False), [proxy_objective(o, multi_weight) for o in OBJECTIVES])
+        return Composer(member(BASE, chat=False), [proxy_objective(o, multi_weights[o]) for o in OBJECTIVES])
     raise ValueError(f"unknown system {system!r}; use one of {SYSTEMS}")
