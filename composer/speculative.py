@@ -92,9 +92,8 @@ def speculate(
     yield rows, chosen, first
     history = torch.cat([history, chosen.unsqueeze(1)], dim=1)
     generated = torch.ones(len(rows), dtype=torch.long)  # per row; the last one is not fed to any stream yet
-    done: set[int] = set()
     while True:
-        ended = {*finished, *done}
+        ended = {*finished, *rows[generated >= config.max_new_tokens].tolist()}
         if all(row in ended for row in rows.tolist()):
             return
         rows, (history, generated) = drop_finished(session, rows, ended, history, generated)
@@ -106,7 +105,6 @@ def speculate(
                 yield rows[reached], tokens[reached, j], composed.take(reached, slice(j, j + 1))
         generated = generated + kept
         history = append_ragged(history, tokens, kept)
-        done |= {int(r) for r in rows[generated >= config.max_new_tokens]}
 
 
 def append_ragged(history: torch.Tensor, tokens: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

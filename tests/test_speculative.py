@@ -39,6 +39,15 @@ def test_greedy_tokens_equal_plain_greedy(tiny, gamma):
     assert draft.stats.rounds > 0 and draft.stats.tested > 0
 
 
+@pytest.mark.parametrize("new", [1, 2])
+def test_the_shortest_outputs_equal_plain_greedy(tiny, new):
+    composer = Composer(tiny["base"], objectives(tiny))
+    prompts, config = ["the cat sat on", "x"], DecodingConfig(max_new_tokens=new)
+    fast = composer.generate(prompts, config, draft=Draft(gamma=3))
+    assert [f.token_ids for f in fast] == [p.token_ids for p in composer.generate(prompts, config)]
+    assert all(len(f.token_ids) <= new for f in fast)
+
+
 def test_rows_retracted_unevenly_continue_as_if_each_was_cropped_alone(tiny):
     """The primitive behind per-row acceptance: masked columns, per-row positions and per-row schedule steps."""
     composer = Composer(tiny["base"], objectives(tiny))
