@@ -158,7 +158,7 @@ class Session:
         so that each row continues exactly as if it alone had been cropped (speculative rejection per row).
         """
         for unit in self.units:
-            unit.retract(keep, appended, self.batch)
+            unit.retract(keep, appended)
         self.generated -= appended - int(keep.max())
         self.steps = self.steps - (appended - keep.cpu())
 
@@ -176,9 +176,7 @@ class Session:
         ``first_step`` is the step of position 0, for every row (int) or per row ((B,), rows that advanced
         unevenly).
         """
-        if isinstance(first_step, int):
-            return self.row_weights.unsqueeze(-1) * self._schedule(first_step + n)[:, None, first_step : first_step + n]
-        steps = first_step.unsqueeze(1) + torch.arange(n)  # (B, n)
+        steps = torch.as_tensor(first_step).reshape(-1, 1) + torch.arange(n)  # (B or 1, n)
         table = self._schedule(int(steps.max()) + 1)
         return self.row_weights.unsqueeze(-1) * table[:, steps.to(table.device)]
 

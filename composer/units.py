@@ -49,7 +49,7 @@ class Unit:
         copies = len(self.groups) * self.blocks
         return self.split(self.stream.extend(tokens if copies == 1 else tokens.repeat(copies, 1)), batch)
 
-    def retract(self, keep: torch.Tensor, appended: int, batch: int) -> None:
+    def retract(self, keep: torch.Tensor, appended: int) -> None:
         """Row b of every member keeps the first ``keep[b]`` of the last ``appended`` columns."""
         copies = len(self.groups) * self.blocks
         self.stream.retract(keep.repeat(copies), appended)
