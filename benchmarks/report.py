@@ -45,11 +45,12 @@ def markdown(results: dict) -> str:
             "| K=3 stacked vs unstacked "
             "| prompted batched (>= 1.8) | K=0 / HF generate (<= 1.0) | speculative K=1/K=3 greedy (>= 2) "
             "| speculative K=3 sampling | speculative K=1/K=3 greedy, one expert drafts "
-            "| acceptance K=3 greedy / sampling / one expert |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| acceptance K=3 greedy / sampling / one expert | tokens per round and row, K=3 greedy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for cell in models["cells"]:
             case, t, r, acc = cell["case"], cell["tokens_per_s"], cell["ratios"], cell["acceptance"]
+            per_round = cell.get("tokens_per_round", {}).get("speculative:k3")
             overhead = "/".join(_f(r[f"overhead_k{k}"]) for k in range(1, MAX_K + 1))
             lines.append(
                 f"| {case['prompt']}, {case['new']}, {case['batch']} | {t['single:base']:.0f} | {t['compose:k3']:.0f} "
@@ -60,7 +61,7 @@ def markdown(results: dict) -> str:
                 f"| {_f(r['speculative_speedup_k3_sample'], 'x')} "
                 f"| {_f(r['speculative_speedup_k1_expert'], 'x')} / {_f(r['speculative_speedup_k3_expert'], 'x')} "
                 f"| {_f(acc.get('speculative:k3'))} / {_f(acc.get('speculative:k3:sample'))} "
-                f"/ {_f(acc.get('speculative:k3:expert'))} |"
+                f"/ {_f(acc.get('speculative:k3:expert'))} | {_f(per_round)} |"
             )
         lines.append("")
     if results["memory"]:
