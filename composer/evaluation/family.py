@@ -19,7 +19,7 @@ SYSTEMS = ("base", "tuned", "expert", "proxy", "multi")
 # Every expert also carries the instruction-following delta they share, so the composition of all objectives
 # weighs each below 1: chosen on the validation split by composer.evaluation.select_weight (the default tiny
 # recipe uses the same).
-MULTI_WEIGHTS: dict[str, float] = {"math": 0.4, "safety": 0.4, "code": 0.4}
+MULTI_WEIGHTS: dict[str, float] = {"math": 0.5, "safety": 0.1, "code": 0.5}
 RAW = Template(base_prompt("{prompt}"))
 
 
