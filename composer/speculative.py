@@ -91,19 +91,19 @@ def speculate(
     rows = torch.arange(history.shape[0])
     yield rows, chosen, first
     history = torch.cat([history, chosen.unsqueeze(1)], dim=1)
-    generated = torch.ones(len(rows), dtype=torch.long)  # per row; the last one is not fed to any stream yet
     while True:
-        ended = {*finished, *rows[generated >= config.max_new_tokens].tolist()}
+        # session.steps counts each row's fed tokens; its last generated token is not fed to any stream yet
+        ended = {*finished, *rows[session.steps + 1 >= config.max_new_tokens].tolist()}
         if all(row in ended for row in rows.tolist()):
             return
-        rows, (history, generated) = drop_finished(session, rows, ended, history, generated)
+        rows, (history,) = drop_finished(session, rows, ended, history)
+        generated = session.steps + 1
         gamma = min(draft.gamma, config.max_new_tokens - int(generated.min()) - 1)
         tokens, kept, composed = speculator.round(history, generated, gamma)
         for j in range(int(kept.max())):
             reached = ((kept > j) & (generated + j < config.max_new_tokens)).nonzero()[:, 0]
             if len(reached):
                 yield rows[reached], tokens[reached, j], composed.take(reached, slice(j, j + 1))
-        generated = generated + kept
         history = append_ragged(history, tokens, kept)
 
 

@@ -114,8 +114,8 @@ class ModelStream:
         Masked columns stay in the cache (rows share one width) but no later token attends to them, and
         positions count only unmasked tokens, so each row goes on exactly as if cropped alone.
         """
-        self.crop(self.mask.shape[1] - self.prompt_width - appended + int(keep.max()))
         width = int(keep.max())
+        self.crop(self.mask.shape[1] - self.prompt_width - appended + width)
         kept = torch.arange(width, device=self.device) < keep.to(self.device).unsqueeze(1)
         self.mask = torch.cat([self.mask[:, : self.mask.shape[1] - width], kept.to(self.mask.dtype)], dim=1)
 
