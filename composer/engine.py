@@ -42,10 +42,15 @@ class Composer:
         objectives: Sequence[Objective] = (),
         override_guards: Sequence[str] = (),
         stack_models: bool = True,
+        cuda_streams: bool = True,
+        cuda_graphs: bool = False,
     ) -> None:
         """``override_guards`` names objectives whose weight guards (bounds, protected) may be broken; the
         override is recorded in every completion. ``stack_models`` runs the experts and anti-experts that share
-        an architecture as one forward per step (their weights stacked); off, each runs alone."""
+        an architecture as one forward per step (their weights stacked); off, each runs alone.
+        ``cuda_streams`` runs the base and the stack on CUDA streams of their own, side by side.
+        ``cuda_graphs`` replays each decoding step of plain (not speculative) generation as CUDA graphs over
+        caches allotted up front: on a GPU the eager step is bound by Python and kernel launches."""
         if isinstance(base, str):
             base = ModelSpec(base)
         if isinstance(base, ModelSpec):
@@ -56,6 +61,8 @@ class Composer:
             raise UserInputError(f"override_guards names unknown objective(s) {unknown}")
         self.override_guards = tuple(override_guards)
         self.stack_models = stack_models
+        self.cuda_streams = cuda_streams
+        self.cuda_graphs = cuda_graphs
         self.guard_notes = row_weights(self.plan.objectives, 1, None, self.override_guards)[1]
         self.models = [load(spec) for spec in self.plan.specs]
         self.tokenizer = self.models[self.plan.base.group].tokenizer
@@ -81,7 +88,16 @@ class Composer:
         # a model that drafts by itself runs outside its stack, or every drafted token would run the whole stack
         alone = {draft.slot(self.plan).group} if draft is not None and not draft.steer else set()
         session = Session(
-            self.plan, self.models, self.vocab_width, rows, table, max_new_tokens, self.stack_models, alone
+            self.plan,
+            self.models,
+            self.vocab_width,
+            rows,
+            table,
+            max_new_tokens,
+            self.stack_models,
+            alone,
+            self.cuda_streams,
+            self.cuda_graphs and draft is None,
         )
         return session, guard_notes
 

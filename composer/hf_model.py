@@ -129,7 +129,13 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         rows = render_rows(composer.plan, composer.models, texts, raw_ids=rows_ids)
         weights = self._weights(len(rows_ids), steering)
         cache.session = Session(
-            composer.plan, composer.models, composer.vocab_width, rows, weights, stack=composer.stack_models
+            composer.plan,
+            composer.models,
+            composer.vocab_width,
+            rows,
+            weights,
+            stack=composer.stack_models,
+            cuda_streams=composer.cuda_streams,
         )
         cache.prompt_width = prompt_ids.shape[1]
         logits = cache.session.start().logits

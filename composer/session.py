@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from einops import einsum
 
 from composer.combine import combine
+from composer.lanes import Lanes
 from composer.plan import Plan, Slot
-from composer.units import build_units
+from composer.units import Unit, build_units
+from experts.devices import to_device
 from experts.errors import UserInputError
 from experts.loading import LoadedModel
 from experts.prompts import Raw
@@ -81,11 +84,15 @@ class Session:
         max_new_tokens: int = 0,
         stack: bool = True,
         alone: Collection[int] = (),
+        cuda_streams: bool = True,
+        cuda_graphs: bool = False,
     ) -> None:
         """``rows[g]`` holds group g's token rows, format-major (see ``render_rows``); row_weights is (K, B).
 
         ``stack`` runs same-architecture groups (experts, anti-experts) as one forward (``composer.units``),
-        except the base and the groups in ``alone``.
+        except the base and the groups in ``alone``. ``cuda_streams`` runs each unit on its own CUDA stream.
+        ``cuda_graphs`` allots every cache its ``max_new_tokens`` up front and replays one-token steps as
+        CUDA graphs (for plain decoding: speculative rounds append more columns than tokens they keep).
         """
         self.plan = plan
         self.models = models
@@ -98,28 +105,28 @@ class Session:
         for model, group_rows in zip(models, rows, strict=True):
             check_fits(model, [len(r) for r in group_rows], max_new_tokens)
         formats = [len(f) for f in plan.formats]
-        self.units = build_units(models, formats, {plan.base.group, *alone}, stack)
+        graphed = max_new_tokens if cuda_graphs and max_new_tokens > 0 else None
+        self.units = build_units(models, formats, {plan.base.group, *alone}, stack, graphed)
         self.device = models[plan.base.group].device
+        self.lanes = Lanes([unit.stream.device for unit in self.units], cuda_streams)
         self._schedule_table = torch.empty(len(plan.objectives), 0, dtype=row_weights.dtype)
 
     def start(self) -> Composed:
         """Prefill all streams; the result predicts generated token 0, shape ``(B, 1, V)``."""
         self.generated = 0
         self.steps = torch.zeros(self.batch, dtype=torch.long)
-        outputs: dict[int, torch.Tensor] = {}
-        for unit in self.units:
-            last = unit.stream.start(unit.layout(self.rows, self.batch)).unsqueeze(1)
-            outputs.update(unit.split(last, self.batch))
+
+        def prefill(unit: Unit) -> dict[int, torch.Tensor]:
+            return unit.split(unit.stream.start(unit.layout(self.rows, self.batch)).unsqueeze(1), self.batch)
+
+        outputs = self.lanes.run({u: partial(prefill, unit) for u, unit in enumerate(self.units)})
         return self.compose(outputs, first_step=0)
 
     def extend(self, tokens: torch.Tensor) -> Composed:
         """Append ``tokens`` (B, n) to every stream; position j predicts row b's token ``steps[b] + j``."""
         first_step = self.steps + 1
         self.advanced(tokens.shape[1])
-        outputs: dict[int, torch.Tensor] = {}
-        for unit in range(len(self.units)):
-            outputs.update(self.advance(unit, tokens))
-        return self.compose(outputs, first_step)
+        return self.compose(self.advance_units(dict.fromkeys(range(len(self.units)), tokens)), first_step)
 
     def advance(self, unit: int, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
         """Append ``tokens`` (B, n) to one unit's groups only; each group's raw logits ``(R_g, n, V)``.
@@ -128,6 +135,10 @@ class Session:
         forward, then composes; it owns the bookkeeping (``crop`` sets every stream's length again).
         """
         return self.units[unit].advance(tokens, self.batch)
+
+    def advance_units(self, tokens: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """``advance`` for several units at once (unit -> its tokens), side by side where they share CUDA."""
+        return self.lanes.run({unit: partial(self.advance, unit, fed) for unit, fed in tokens.items()})
 
     def advanced(self, n: int) -> None:
         """Count ``n`` columns appended to every stream (``extend`` does; ``advance`` leaves it to its caller)."""
@@ -206,7 +217,7 @@ class Session:
             logits = outputs[slot.group]
             rows = logits[slot.format * self.batch : (slot.format + 1) * self.batch, :, : self.vocab_width]
             dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-            return rows.to(device=self.device, dtype=dtype)
+            return to_device(rows, self.device, dtype)
 
         base = view(base or self.plan.base)
         n = base.shape[1]
@@ -216,7 +227,7 @@ class Session:
             return Composed(base, base, empty, empty, weights)
         experts = torch.stack([view(s) for s in self.plan.experts])
         antis = torch.stack([view(s) for s in self.plan.antis])
-        weights = self.weights_at(first_step, n).to(device=self.device, dtype=base.dtype)
+        weights = to_device(self.weights_at(first_step, n), self.device, base.dtype)
         return Composed(_combine_unmasked_fast(base, experts, antis, weights), base, experts, antis, weights)
 
 
@@ -226,8 +237,11 @@ def _combine_unmasked_fast(
     """``combine`` without its -inf bookkeeping when nothing is masked, where it gives the same values bitwise.
 
     The bookkeeping costs several passes over (K, B, n, V); one sum tells whether it is needed: any -inf,
-    NaN or overflow makes the sum non-finite and takes the careful path.
+    NaN or overflow makes the sum non-finite and takes the careful path. On an accelerator the passes are
+    cheap and reading the sum back would stall the host until the step's forwards finish: ``combine`` it is.
     """
+    if base.device.type != "cpu":
+        return combine(base, experts, antis, weights)
     steered = base + einsum(weights, experts - antis, "k ..., k ... v -> ... v")
     if bool(steered.sum().isfinite()):
         return steered

@@ -143,13 +143,10 @@ class _Speculator:
         pending = history[:, -1:]
         drafts, draft_scores, draft_outputs = self._propose(pending, history, generated, gamma)
         fed = torch.cat([pending, drafts], dim=1)  # (B, gamma + 1): each row's last token, then the drafts
-        outputs: dict[int, torch.Tensor] = {}
-        for unit in range(len(self.session.units)):
-            if unit in self.draft_units:
-                last = self.session.advance(unit, fed[:, gamma:])
-                outputs.update({g: torch.cat([*draft_outputs.get(g, []), logits], 1) for g, logits in last.items()})
-            else:
-                outputs.update(self.session.advance(unit, fed))
+        units = range(len(self.session.units))
+        outputs = self.session.advance_units({u: fed[:, gamma:] if u in self.draft_units else fed for u in units})
+        for group, parts in draft_outputs.items():
+            outputs[group] = torch.cat([*parts, outputs[group]], 1)
         self.session.advanced(gamma + 1)
         composed = self.session.compose(outputs, first_step=generated)
         tokens, kept = self._accept(composed, drafts, draft_scores, history)

@@ -16,6 +16,7 @@ import torch
 
 from experts.loading import LoadedModel
 from experts.stacking import stack_groups, stacked
+from experts.static_stream import StaticStream
 from experts.stream import ModelStream
 
 
@@ -76,12 +77,19 @@ def partition(models: Sequence[LoadedModel], alone: Collection[int], stack: bool
 
 
 def build_units(
-    models: Sequence[LoadedModel], formats: Sequence[int], alone: Collection[int], stack: bool = True
+    models: Sequence[LoadedModel],
+    formats: Sequence[int],
+    alone: Collection[int],
+    stack: bool = True,
+    graphed: int | None = None,
 ) -> list[Unit]:
+    """``graphed``: fixed-shape streams with room for that many tokens after the prompt, whose one-token
+    steps replay as CUDA graphs (``experts.static_stream``); None: streams whose caches grow."""
     units = []
     for groups in partition(models, alone, stack):
         members = [models[g] for g in groups]
         model = stacked(members) if len(groups) > 1 else members[0].model
-        stream = ModelStream(model, members[0].tokenizer.pad_token_id)
+        pad = members[0].tokenizer.pad_token_id
+        stream = ModelStream(model, pad) if graphed is None else StaticStream(model, pad, graphed)
         units.append(Unit(groups, [formats[g] for g in groups], stream))
     return units

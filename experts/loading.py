@@ -66,8 +66,30 @@ class LoadedModel:
         return getattr(self.model.config, "max_position_embeddings", None)
 
 
+_IN_MEMORY: dict[str, LoadedModel] = {}
+IN_MEMORY_PREFIX = "memory:"
+
+
+def register(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ModelSpec:
+    """A spec for a model already in memory (built from a config, fine-tuned in a notebook), so that it
+    composes without a round trip through the disk; its dtype and device are the model's own."""
+    spec = ModelSpec(IN_MEMORY_PREFIX + name)
+    held = _IN_MEMORY.get(spec.path)
+    if held is not None and held.model is not model:
+        raise UserInputError(f"a model is already registered as {name!r}; register this one under another name")
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    _IN_MEMORY[spec.path] = LoadedModel(spec=spec, model=model, tokenizer=tokenizer)
+    return spec
+
+
 def load(spec: ModelSpec) -> LoadedModel:
     """Load (or reuse) the model and tokenizer for ``spec``; each unique spec is read from disk once."""
+    if spec.path.startswith(IN_MEMORY_PREFIX):
+        if spec.path not in _IN_MEMORY:
+            raise UserInputError(f"model {spec.path!r} was never registered; call experts.loading.register first")
+        return _IN_MEMORY[spec.path]
     return _load_cached(spec)
 
 

@@ -1,0 +1,131 @@
+"""A model stream with fixed shapes, so that its decoding step can be replayed as a CUDA graph.
+
+On a GPU, a 7B model's eager decoding step is bound by the host: Python and kernel launches take several
+times as long as reading the weights. Here the KV cache (transformers' ``StaticCache``) and the attention
+mask are allocated once at their final width; a one-token step then has the same shapes and addresses every
+time, is captured once and replayed, and the host launches one graph instead of hundreds of kernels. On the
+CPU, or with graphs off, the same fixed-shape step runs eagerly (which is what the tests check it against).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from transformers import StaticCache
+
+from experts.compat import CACHE_ARG
+from experts.stream import ModelStream, left_pad, positions_from_mask
+
+
+class StaticStream(ModelStream):
+    """``ModelStream`` over a cache of ``capacity`` tokens beyond the prompt, graph-replaying one-token steps."""
+
+    def __init__(self, model: torch.nn.Module, pad_id: int, capacity: int, graphs: bool = True) -> None:
+        super().__init__(model, pad_id)
+        self.capacity = capacity
+        self.graphs = graphs and self.device.type == "cuda"
+        self.full = self.mask  # the mask at its final width; ``mask`` is its first ``used`` columns
+        self.used = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._output: torch.Tensor | None = None
+
+    @torch.inference_mode()
+    def start(self, rows: list[list[int]]) -> torch.Tensor:
+        ids, mask = left_pad(rows, self.pad_id, self.device)
+        self.prompt_width = ids.shape[1]
+        self.full = torch.zeros((ids.shape[0], self.prompt_width + self.capacity), dtype=mask.dtype, device=self.device)
+        self.full[:, : self.prompt_width] = mask
+        self._use(self.prompt_width)
+        self.cache = StaticCache(config=self.model.config, max_cache_len=self.full.shape[1])
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.full,
+            position_ids=positions_from_mask(mask),
+            use_cache=True,
+            logits_to_keep=1,
+            **{CACHE_ARG: self.cache},
+        )
+        return out.logits[:, -1]
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.device)
+        n = tokens.shape[1]
+        if self.used + n > self.full.shape[1]:
+            raise RuntimeError(f"static cache full: {self.capacity} tokens after the prompt were allotted")
+        positions = self.mask.sum(-1, keepdim=True) + torch.arange(n, device=self.device)
+        self.full[:, self.used : self.used + n] = 1
+        self._use(self.used + n)
+        if n == 1 and self.graphs:
+            return self._replay(tokens, positions)
+        return self._forward(tokens, positions)
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=self.full,
+            position_ids=positions,
+            use_cache=True,
+            **{CACHE_ARG: self.cache},
+        )
+        return out.logits
+
+    def _replay(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self._graph is None and not self._capture(tokens, positions):
+            return self._forward(tokens, positions)
+        self._inputs[0].copy_(tokens)
+        self._inputs[1].copy_(positions)
+        self._graph.replay()
+        return self._output.clone()  # the graph overwrites its output at the next replay
+
+    def _capture(self, tokens: torch.Tensor, positions: torch.Tensor) -> bool:
+        """Record this step. The warm-up run writes this step's keys and values, which the replay writes again."""
+        self._inputs = (tokens.clone(), positions.clone())
+        main = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            self._forward(*self._inputs)  # kernels that initialise lazily must not do so during the capture
+        main.wait_stream(side)
+        self.cache.crop(-1)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._output = self._forward(*self._inputs)
+        except RuntimeError as err:  # an architecture whose step reads values on the host cannot be captured
+            warnings.warn(f"decoding without CUDA graphs: the step could not be captured ({err})", stacklevel=2)
+            self.graphs = False
+            return False
+        self._graph = graph
+        return True
+
+    @torch.inference_mode()
+    def crop(self, generated: int) -> None:
+        width = self.prompt_width + generated
+        surplus = self.used - width
+        if surplus > 0:
+            self.cache.crop(-surplus)
+            self.full[:, width : self.used] = 0
+            self._use(width)
+
+    @torch.inference_mode()
+    def retract(self, keep: torch.Tensor, appended: int) -> None:
+        width = int(keep.max())
+        self.crop(self.used - self.prompt_width - appended + width)
+        kept = torch.arange(width, device=self.device) < keep.to(self.device).unsqueeze(1)
+        self.full[:, self.used - width : self.used] = kept.to(self.full.dtype)
+        self._use(self.used)
+
+    @torch.inference_mode()
+    def select(self, rows: torch.Tensor) -> None:
+        rows = rows.to(self.device)
+        self.cache.reorder_cache(rows)
+        self.full = self.full.index_select(0, rows)
+        self._use(self.used)
+        self._graph = self._inputs = self._output = None  # new shapes and addresses: capture again
+
+    def _use(self, used: int) -> None:
+        self.used = used
+        self.mask = self.full[:, :used]

@@ -1,0 +1,55 @@
+"""Models already in memory, host-to-device copies and CUDA lanes: what of them runs without a GPU."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from composer import Composer, DecodingConfig, Member, ModelSpec, Objective, UserInputError
+from composer.lanes import Lanes
+from experts.devices import to_device
+from experts.loading import register
+
+
+def test_a_registered_model_composes_as_its_folder_does(tiny):
+    in_memory = {
+        name: register(
+            f"test-{name}", AutoModelForCausalLM.from_pretrained(tiny[name]), AutoTokenizer.from_pretrained(tiny[name])
+        )
+        for name in ("base", "expert_a", "anti")
+    }
+
+    def generate(specs: dict[str, ModelSpec]) -> list[int]:
+        objective = Objective("a", Member(specs["expert_a"]), Member(specs["anti"]), weight=0.8)
+        return Composer(specs["base"], [objective]).generate(["the cat"], DecodingConfig(max_new_tokens=8))[0].token_ids
+
+    assert generate(in_memory) == generate({name: ModelSpec(tiny[name]) for name in in_memory})
+
+
+def test_registering_another_model_under_a_taken_name_is_refused(tiny):
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny["anti"]), AutoTokenizer.from_pretrained(tiny["anti"])
+    register("test-taken", model, tokenizer)
+    assert register("test-taken", model, tokenizer).path == "memory:test-taken"  # the same model again is fine
+    other = AutoModelForCausalLM.from_pretrained(tiny["anti"])
+    with pytest.raises(UserInputError, match="already registered as 'test-taken'"):
+        register("test-taken", other, tokenizer)
+    with pytest.raises(UserInputError, match="never registered"):
+        Composer(ModelSpec("memory:test-nobody"))
+
+
+def test_to_device_converts_on_the_host():
+    values = torch.tensor([1.5, -2.25], dtype=torch.float64)
+    out = to_device(values, torch.device("cpu"), torch.float32)
+    assert out.dtype == torch.float32 and out.tolist() == [1.5, -2.25]
+
+
+def test_lanes_off_cuda_run_each_call_in_order():
+    order: list[int] = []
+
+    def call(unit: int) -> dict[int, torch.Tensor]:
+        order.append(unit)
+        return {unit * 10: torch.tensor([unit])}
+
+    lanes = Lanes([torch.device("cpu")] * 3)
+    assert lanes.streams == [None, None, None]
+    out = lanes.run({2: lambda: call(2), 0: lambda: call(0)})
+    assert order == [2, 0] and sorted(out) == [0, 20]
