@@ -97,7 +97,7 @@ def transformers_run(models: ModelSet, case: Case, texts: list[str]) -> Callable
     """transformers' own generate() on the base alone, greedy, fixed length."""
     loaded = load(ModelSpec(models.base))
     loaded.tokenizer.padding_side = "left"
-    inputs = loaded.tokenizer(texts, return_tensors="pt", padding=True)
+    inputs = loaded.tokenizer(texts, return_tensors="pt", padding=True).to(loaded.device)
     config = copy.deepcopy(loaded.model.generation_config)
     config.update(eos_token_id=None, pad_token_id=loaded.tokenizer.pad_token_id, do_sample=False)
     config.max_new_tokens = config.min_new_tokens = case.new

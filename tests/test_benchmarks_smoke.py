@@ -30,3 +30,19 @@ def test_ratios_leave_unmeasured_targets_empty():
     assert out["k0_over_transformers"] == 2.0 and out["prompted_speedup"] == 2.0
     assert out["overhead_k1"] is None and out["speculative_speedup_k3"] is None
     assert torch.isfinite(torch.tensor([v for v in out.values() if v is not None])).all()
+
+
+def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
+    """The GPU script's every stage on tiny shapes, so that a lent GPU's minutes are not spent on its bugs."""
+    import json
+    import subprocess
+    import sys
+
+    args = ["--shapes", "tiny", "--device", "cpu", "--repeats", "1", "--cases", "8,4,2", "--out", str(tmp_path)]
+    subprocess.run([sys.executable, "-m", "benchmarks.gpu", *args], check=True, capture_output=True)
+    results = json.loads((tmp_path / "gpu-smoke.json").read_text())
+    (cell,) = results["cells"]
+    assert "error" not in cell and "error" not in results["same_tokens"]
+    assert {"compose:k3", "compose:k3:graphs", "naive:k3", "speculative:k3"} <= set(cell["tokens_per_s"])
+    assert all(0 < f < 1 for f in cell["fraction_of_floor"].values())
+    assert "| 8, 4, 2 | compose:k3:graphs |" in (tmp_path / "gpu-smoke.md").read_text()
