@@ -85,6 +85,7 @@ class RunConfig:
     trace: bool = False
     allow_targets: list[str] = field(default_factory=list)
     override_guards: list[str] = field(default_factory=list)  # objectives whose bounds/protection may be broken
+    cuda_graphs: bool = False  # replay decoding steps as CUDA graphs (Composer(cuda_graphs=True))
 
 
 def register_configs() -> None:
@@ -141,7 +142,9 @@ def build_decoding(cfg: DictConfig) -> DecodingConfig:
 
 def build_composer(cfg: DictConfig) -> Composer:
     """The Composer for a composed config: the one step that loads weights."""
-    return Composer(build_base(cfg), build_objectives(cfg), override_guards=list(cfg.override_guards))
+    return Composer(
+        build_base(cfg), build_objectives(cfg), override_guards=list(cfg.override_guards), cuda_graphs=cfg.cuda_graphs
+    )
 
 
 def build_member(key: str, node: DictConfig) -> Member:

@@ -10,7 +10,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 
 from composer.cli import CONF_DIR, one_line, validate
-from composer.config import build_base, build_decoding, build_metrics, build_objectives, instantiate_allowed
+from composer.config import (
+    build_base,
+    build_composer,
+    build_decoding,
+    build_metrics,
+    build_objectives,
+    instantiate_allowed,
+)
 from composer.metrics import ContainsAny, MatchesRegex
 from composer.plan import Plan
 from composer.schedules import Constant, Linear
@@ -74,6 +81,11 @@ def test_overrides_and_presets_reach_the_objects():
     assert safety.weight == 1.5 and safety.schedule == Constant()
     assert code.schedule == Linear(start=0.0, end=1.0, steps=16)
     assert build_decoding(cfg).do_sample
+
+
+def test_cuda_graphs_reach_the_composer():
+    assert not build_composer(compose_run()).cuda_graphs
+    assert build_composer(compose_run("cuda_graphs=true")).cuda_graphs
 
 
 @pytest.mark.parametrize(
