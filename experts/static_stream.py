@@ -14,8 +14,7 @@ import warnings
 import torch
 from transformers import StaticCache
 
-from experts.compat import CACHE_ARG
-from experts.stream import ModelStream, left_pad, positions_from_mask
+from experts.stream import ModelStream
 
 
 class StaticStream(ModelStream):
@@ -31,23 +30,17 @@ class StaticStream(ModelStream):
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._output: torch.Tensor | None = None
 
-    @torch.inference_mode()
-    def start(self, rows: list[list[int]]) -> torch.Tensor:
-        ids, mask = left_pad(rows, self.pad_id, self.device)
-        self.prompt_width = ids.shape[1]
-        self.full = torch.zeros((ids.shape[0], self.prompt_width + self.capacity), dtype=mask.dtype, device=self.device)
+    def _fresh_cache(self, mask: torch.Tensor) -> None:
+        self.full = torch.zeros(
+            (mask.shape[0], self.prompt_width + self.capacity), dtype=mask.dtype, device=self.device
+        )
         self.full[:, : self.prompt_width] = mask
         self._use(self.prompt_width)
         self.cache = StaticCache(config=self.model.config, max_cache_len=self.full.shape[1])
-        out = self.model(
-            input_ids=ids,
-            attention_mask=self.full,
-            position_ids=positions_from_mask(mask),
-            use_cache=True,
-            logits_to_keep=1,
-            **{CACHE_ARG: self.cache},
-        )
-        return out.logits[:, -1]
+        self._graph = self._inputs = self._output = None
+
+    def _attention_mask(self) -> torch.Tensor:
+        return self.full  # at its final width, zeros beyond the columns used, as the static cache expects
 
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -61,16 +54,6 @@ class StaticStream(ModelStream):
         if n == 1 and self.graphs:
             return self._replay(tokens, positions)
         return self._forward(tokens, positions)
-
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        out = self.model(
-            input_ids=tokens,
-            attention_mask=self.full,
-            position_ids=positions,
-            use_cache=True,
-            **{CACHE_ARG: self.cache},
-        )
-        return out.logits
 
     def _replay(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if self._graph is None and not self._capture(tokens, positions):

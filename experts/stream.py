@@ -71,18 +71,10 @@ class ModelStream:
     @torch.inference_mode()
     def start(self, rows: list[list[int]]) -> torch.Tensor:
         """Prefill ``rows`` into a fresh cache; returns the logits after each row's last token, (R, V)."""
-        ids, self.mask = left_pad(rows, self.pad_id, self.device)
+        ids, mask = left_pad(rows, self.pad_id, self.device)
         self.prompt_width = ids.shape[1]
-        self.cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=self.mask,
-            position_ids=positions_from_mask(self.mask),
-            use_cache=True,
-            logits_to_keep=1,
-            **{CACHE_ARG: self.cache},
-        )
-        return out.logits[:, -1]
+        self._fresh_cache(mask)
+        return self._forward(ids, positions_from_mask(mask), logits_to_keep=1)[:, -1]
 
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -91,11 +83,22 @@ class ModelStream:
         first = self.mask.sum(-1, keepdim=True)
         positions = first + torch.arange(tokens.shape[1], device=self.device)
         self.mask = torch.cat([self.mask, torch.ones_like(tokens)], dim=1)
+        return self._forward(tokens, positions)
+
+    def _fresh_cache(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self.cache = DynamicCache(config=self.model.config)
+
+    def _attention_mask(self) -> torch.Tensor:
+        return self.mask
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, **kwargs: int) -> torch.Tensor:
         out = self.model(
             input_ids=tokens,
-            attention_mask=self.mask,
+            attention_mask=self._attention_mask(),
             position_ids=positions,
             use_cache=True,
+            **kwargs,
             **{CACHE_ARG: self.cache},
         )
         return out.logits
