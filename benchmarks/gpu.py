@@ -19,7 +19,6 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,58 +26,37 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
 from benchmarks.cases import Case, fixed_length, naive_runs, objectives, prompts, transformers_run  # noqa: E402
-from benchmarks.models import ModelSet, synthetic_tokenizer  # noqa: E402
+from benchmarks.models import ModelSet, Shape, synthetic_tokenizer  # noqa: E402
 from benchmarks.timing import interleaved  # noqa: E402
 from composer import Composer, DecodingConfig, Draft  # noqa: E402
-from experts.loading import register  # noqa: E402
+from experts.loading import ModelSpec, load, register  # noqa: E402
 
 GB = 1e9
 RESULTS = Path(__file__).parent / "results"
 
 
-@dataclass(frozen=True)
-class GpuShape:
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-
-
-SHAPES = {  # (base, small, vocabulary)
-    "7b": (GpuShape(4096, 11008, 32, 32, 32), GpuShape(2048, 5632, 22, 32, 4), 32000),  # Llama-2-7b, TinyLlama
-    "tiny": (GpuShape(128, 256, 4, 4, 4), GpuShape(64, 128, 2, 2, 2), 1024),
+SHAPES = {  # (base, small): Llama-2-7b and TinyLlama-1.1B, sharing Llama-2's vocabulary
+    "7b": (
+        Shape(4096, 32, 32000, intermediate=11008, heads=32),
+        Shape(2048, 22, 32000, intermediate=5632, heads=32, kv_heads=4),
+    ),
+    "tiny": (Shape(128, 4, 1024, intermediate=256, heads=4), Shape(64, 2, 1024, intermediate=128, heads=2)),
 }
 CASES = {"7b": [Case(64, 64, 1), Case(64, 64, 8), Case(256, 8, 8)], "tiny": [Case(8, 8, 1), Case(8, 8, 2)]}
 EXPERTS = 3
 
 
-def build(shape: GpuShape, vocab: int, seed: int, device: str, dtype: torch.dtype) -> LlamaForCausalLM:
+def build(shape: Shape, seed: int, device: str, dtype: torch.dtype, tokenizer) -> LlamaForCausalLM:
     """A random Llama, initialised on ``device`` (equal seeds give equal weights on one kind of device)."""
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=4096,
-        pad_token_id=1,  # the synthetic tokenizer's <pad>
-        bos_token_id=None,
-        eos_token_id=None,
-        tie_word_embeddings=False,
-    )
     torch.manual_seed(seed)
     with torch.device(device):
-        return LlamaForCausalLM(config).to(dtype)
+        return LlamaForCausalLM(shape.config(tokenizer)).to(dtype)
 
 
 def weight_bytes(path: str) -> int:
-    from experts.loading import ModelSpec, load
-
     return sum(p.numel() * p.element_size() for p in load(ModelSpec(path)).model.parameters())
 
 
@@ -230,13 +208,13 @@ def same_tokens(models: ModelSet, device: str) -> dict:
 def _float64_checks(device: str) -> dict:
     """Tiny shapes in float64: all on ``device`` versus the small models on the CPU; and on ``device``, every
     step's composed logits with CUDA graphs versus without."""
-    base_shape, small_shape, vocab = SHAPES["tiny"]
-    tokenizer = synthetic_tokenizer(vocab)
+    base_shape, small_shape = SHAPES["tiny"]
+    tokenizer = synthetic_tokenizer(base_shape.vocab)
     sets = {}
     for where in (device, "cpu"):
-        small = [build(small_shape, vocab, 20 + i, "cpu", torch.float64).to(where) for i in range(3)]
+        small = [build(small_shape, 20 + i, "cpu", torch.float64, tokenizer).to(where) for i in range(3)]
         paths = [register(f"x-{where}-{i}", m, tokenizer).path for i, m in enumerate(small)]
-        base = register(f"x-base-{where}", build(base_shape, vocab, 10, "cpu", torch.float64).to(device), tokenizer)
+        base = register(f"x-base-{where}", build(base_shape, 10, "cpu", torch.float64, tokenizer).to(device), tokenizer)
         sets[where] = ModelSet(f"x-{where}", base.path, paths[0], tuple(paths[1:]), "")
     texts = prompts(sets[device], Case(8, 16, 3))
     texts[1] = " ".join(texts[1].split()[:3])  # a shorter row: left padding
@@ -316,13 +294,13 @@ def main() -> None:
     args.name = args.name or ("gpu-smoke" if args.device == "cpu" else "gpu-latest")
     if args.device != "cpu" and not torch.cuda.is_available():
         parser.exit(2, "benchmarks.gpu: no CUDA device here; run it where one is, or pass --shapes tiny --device cpu\n")
-    base_shape, small_shape, vocab = SHAPES[args.shapes]
+    base_shape, small_shape = SHAPES[args.shapes]
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
     started = time.perf_counter()
-    tokenizer = synthetic_tokenizer(vocab)
-    base = register(f"{args.shapes}-base", build(base_shape, vocab, 0, args.device, dtype), tokenizer).path
+    tokenizer = synthetic_tokenizer(base_shape.vocab)
+    base = register(f"{args.shapes}-base", build(base_shape, 0, args.device, dtype, tokenizer), tokenizer).path
     small = [
-        register(f"{args.shapes}-small{i}", build(small_shape, vocab, 1 + i, args.device, dtype), tokenizer).path
+        register(f"{args.shapes}-small{i}", build(small_shape, 1 + i, args.device, dtype, tokenizer), tokenizer).path
         for i in range(4)
     ]
     models = ModelSet(args.shapes, base, small[0], tuple(small[1:]), "")

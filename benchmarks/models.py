@@ -24,21 +24,25 @@ SPECIALS = ["<unk>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 @dataclass(frozen=True)
 class Shape:
-    """A Llama shape; ``params`` is the parameter count it gives (for the report)."""
+    """A Llama shape. Unset, the MLP is 4x the hidden size and every head (keys and values too) is 64 wide."""
 
     hidden: int
     layers: int
     vocab: int
     tied: bool = False
+    intermediate: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
 
     def config(self, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+        heads = self.heads or max(1, self.hidden // 64)
         return LlamaConfig(
             vocab_size=self.vocab,
             hidden_size=self.hidden,
-            intermediate_size=4 * self.hidden,
+            intermediate_size=self.intermediate or 4 * self.hidden,
             num_hidden_layers=self.layers,
-            num_attention_heads=max(1, self.hidden // 64),
-            num_key_value_heads=max(1, self.hidden // 64),
+            num_attention_heads=heads,
+            num_key_value_heads=self.kv_heads or heads,
             max_position_embeddings=1024,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=None,

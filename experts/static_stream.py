@@ -20,10 +20,10 @@ from experts.stream import ModelStream
 class StaticStream(ModelStream):
     """``ModelStream`` over a cache of ``capacity`` tokens beyond the prompt, graph-replaying one-token steps."""
 
-    def __init__(self, model: torch.nn.Module, pad_id: int, capacity: int, graphs: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, pad_id: int, capacity: int) -> None:
         super().__init__(model, pad_id)
         self.capacity = capacity
-        self.graphs = graphs and self.device.type == "cuda"
+        self.graphs = self.device.type == "cuda"  # off once a capture fails
         self.full = self.mask  # the mask at its final width; ``mask`` is its first ``used`` columns
         self.used = 0
         self._graph: torch.cuda.CUDAGraph | None = None
