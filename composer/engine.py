@@ -63,6 +63,7 @@ class Composer:
         self.stack_models = stack_models
         self.cuda_streams = cuda_streams
         self.cuda_graphs = cuda_graphs
+        self._stacks: dict[int, torch.nn.Module] = {}  # held, so that later sessions reuse them (see stacking)
         self.guard_notes = row_weights(self.plan.objectives, 1, None, self.override_guards)[1]
         self.models = [load(spec) for spec in self.plan.specs]
         self.tokenizer = self.models[self.plan.base.group].tokenizer
@@ -74,7 +75,7 @@ class Composer:
         return self.plan.objectives
 
     def explain(self) -> str:
-        return self.plan.explain(partition(self.models, {self.plan.base.group}, self.stack_models))
+        return self.plan.explain([g for g, _ in partition(self.models, {self.plan.base.group}, self.stack_models)])
 
     def session(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> Session:
         """Decoding state for a batch: the primitive that every decoding loop drives."""
@@ -87,6 +88,19 @@ class Composer:
         rows = render_rows(self.plan, self.models, prompts)
         # a model that drafts by itself runs outside its stack, or every drafted token would run the whole stack
         alone = {draft.slot(self.plan).group} if draft is not None and not draft.steer else set()
+        session = self.session_over(rows, table, max_new_tokens, alone, self.cuda_graphs and draft is None)
+        return session, guard_notes
+
+    def session_over(
+        self,
+        rows: list[list[list[int]]],
+        table: torch.Tensor,
+        max_new_tokens: int = 0,
+        alone: Collection[int] = (),
+        cuda_graphs: bool = False,
+    ) -> Session:
+        """A session over rows already rendered (``render_rows``) and weights per row (K, B), with this
+        composer's settings; it keeps the session's stacks so that later sessions reuse them."""
         session = Session(
             self.plan,
             self.models,
@@ -97,9 +111,10 @@ class Composer:
             self.stack_models,
             alone,
             self.cuda_streams,
-            self.cuda_graphs and draft is None,
+            cuda_graphs,
         )
-        return session, guard_notes
+        self._stacks.update({id(u.stream.model): u.stream.model for u in session.units if len(u.groups) > 1})
+        return session
 
     def generate(
         self,

@@ -128,15 +128,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         texts, rows_ids = self._rows(prompt_ids, prompt_mask)
         rows = render_rows(composer.plan, composer.models, texts, raw_ids=rows_ids)
         weights = self._weights(len(rows_ids), steering)
-        cache.session = Session(
-            composer.plan,
-            composer.models,
-            composer.vocab_width,
-            rows,
-            weights,
-            stack=composer.stack_models,
-            cuda_streams=composer.cuda_streams,
-        )
+        cache.session = composer.session_over(rows, weights)
         cache.prompt_width = prompt_ids.shape[1]
         logits = cache.session.start().logits
         if drafted:
@@ -162,7 +154,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         texts, ids = self._rows(input_ids, mask)
         rows = render_rows(plan, composer.models, texts, raw_ids=ids)
         weights = self._weights(len(ids), steering)
-        session = Session(plan, composer.models, composer.vocab_width, rows, weights, stack=composer.stack_models)
+        session = composer.session_over(rows, weights)
         width = input_ids.shape[1]
         return session.compose(session.tail_logits(width), first_step=0).logits
 

@@ -61,18 +61,22 @@ class Unit:
         return (offsets + index).flatten()
 
 
-def partition(models: Sequence[LoadedModel], alone: Collection[int], stack: bool = True) -> list[list[int]]:
-    """Groups that run as one forward: stacks of one architecture (or one group each, ``stack`` off)."""
+def partition(
+    models: Sequence[LoadedModel], alone: Collection[int], stack: bool = True
+) -> list[tuple[list[int], torch.nn.Module]]:
+    """Groups that run as one forward, with the module that runs them: a stack of one architecture, or
+    one group's own model (every group alone with ``stack`` off)."""
     if not stack:
-        return [[g] for g in range(len(models))]
-    units: list[list[int]] = []
+        return [([g], models[g].model) for g in range(len(models))]
+    units: list[tuple[list[int], torch.nn.Module]] = []
     for groups in stack_groups(models, alone):
+        if len(groups) == 1:
+            units.append((groups, models[groups[0]].model))
+            continue
         try:
-            if len(groups) > 1:
-                stacked([models[g] for g in groups])
-            units.append(groups)
+            units.append((groups, stacked([models[g] for g in groups])))
         except ValueError:  # an architecture the stacking cannot split: its members run one by one
-            units += [[g] for g in groups]
+            units += [([g], models[g].model) for g in groups]
     return units
 
 
@@ -86,10 +90,8 @@ def build_units(
     """``graphed``: fixed-shape streams with room for that many tokens after the prompt, whose one-token
     steps replay as CUDA graphs (``experts.static_stream``); None: streams whose caches grow."""
     units = []
-    for groups in partition(models, alone, stack):
-        members = [models[g] for g in groups]
-        model = stacked(members) if len(groups) > 1 else members[0].model
-        pad = members[0].tokenizer.pad_token_id
+    for groups, model in partition(models, alone, stack):
+        pad = models[groups[0]].tokenizer.pad_token_id
         stream = ModelStream(model, pad) if graphed is None else StaticStream(model, pad, graphed)
         units.append(Unit(groups, [formats[g] for g in groups], stream))
     return units

@@ -5,19 +5,23 @@ tiny experts and tiny-small). Run one by one, each pays a full pass of Python an
 Stacked, every linear layer is one batched matmul over the models, while attention, rotary positions, masks
 and the KV cache stay transformers' own, over a batch that holds each model's rows in turn. Each member's
 parameters become views into the stacked tensors, so the weights stay in memory once.
+
+A stack lives as long as something holds it (a ``Composer`` holds the stacks its sessions ran). Once
+nothing does, it is freed and its members take back weights of their own: a Hydra sweep over objective
+sets in one process does not keep every set's stack.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Collection, Sequence
-from functools import cache
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from experts.loading import LoadedModel, ModelSpec, load
+from experts.loading import LoadedModel, ModelSpec
 
 _NAME_KEYS = {"_name_or_path", "_commit_hash", "transformers_version", "architectures"}
 
@@ -47,23 +51,29 @@ def stack_groups(models: Sequence[LoadedModel], alone: Collection[int] = ()) -> 
     return list(units.values())
 
 
+_LIVE: weakref.WeakValueDictionary[tuple[ModelSpec, ...], nn.Module] = weakref.WeakValueDictionary()
+
+
 def stacked(models: Sequence[LoadedModel]) -> nn.Module:
     """One module computing every member's forward over its share of the batch (members in order).
 
-    Built once per tuple of specs. Raises ValueError for architectures with parameters outside leaf
-    modules, which this does not know how to split.
+    Built once per tuple of specs and shared while anything holds it. Raises ValueError for architectures
+    with parameters outside leaf modules, which this does not know how to split.
     """
-    return _stacked_cached(tuple(m.spec for m in models))
+    specs = tuple(m.spec for m in models)
+    shell = _LIVE.get(specs)
+    if shell is None:
+        shell = _LIVE[specs] = _build([m.model for m in models])
+    return shell
 
 
-@cache
-def _stacked_cached(specs: tuple[ModelSpec, ...]) -> nn.Module:
-    members = [load(spec).model for spec in specs]
+def _build(members: list[nn.Module]) -> nn.Module:
     first = members[0]
     with torch.device("meta"):
         shell = type(first)(first.config)
     shell.eval()
     shared: dict[int, torch.Tensor] = {}
+    views: list[tuple[nn.Parameter, torch.Tensor]] = []
     for name, module in first.named_modules():
         params = dict(module.named_parameters(recurse=False))
         if not params:
@@ -72,13 +82,23 @@ def _stacked_cached(specs: tuple[ModelSpec, ...]) -> nn.Module:
             raise ValueError(f"{type(first).__name__}.{name} holds parameters outside a leaf module")
         modules = [m.get_submodule(name) for m in members]
         weights = {p: _stack([m.get_parameter(p) for m in modules], params[p], shared) for p in params}
+        views += [(m.get_parameter(p), weights[p]) for m in modules for p in params]
         shell.set_submodule(name, _stacked_leaf(module, weights, modules))
     for name, buffer in first.named_buffers():
         owner, _, attr = name.rpartition(".")
         setattr(shell.get_submodule(owner), attr, buffer)  # rotary tables: equal for equal configs
     if any(t.is_meta for t in [*shell.parameters(), *shell.buffers()]):
         raise ValueError(f"{type(first).__name__} keeps state this stacking does not know")
+    weakref.finalize(shell, _give_back, views)
     return shell
+
+
+def _give_back(views: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
+    """The stack is gone: members whose parameters still view it (no later stack took them) copy them out,
+    so that the stacked tensors are freed."""
+    for param, together in views:
+        if param.untyped_storage().data_ptr() == together.untyped_storage().data_ptr():
+            param.data = param.data.clone()
 
 
 def _stack(params: list[nn.Parameter], key: nn.Parameter, shared: dict[int, torch.Tensor]) -> torch.Tensor:

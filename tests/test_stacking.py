@@ -1,5 +1,7 @@
 """Same-architecture experts and anti-experts run as one stacked forward, with exactly their own outputs."""
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,43 @@ def test_a_model_drafting_by_itself_leaves_its_stack(tiny):
     prompts = ["the cat sat on", "hello world"]
     fast = steered.generate(prompts, config, draft=draft)
     assert [c.token_ids for c in fast] == [c.token_ids for c in steered.generate(prompts, config)]
+
+
+def owns_its_weights(loaded) -> bool:
+    return all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in loaded.model.parameters())
+
+
+def test_a_stack_nobody_holds_is_freed_and_its_members_take_their_weights_back(tiny):
+    """Member sets that share models (a sweep dropping one objective at a time): each stack frees its copy
+    when let go, the others keep giving exactly their members' logits."""
+    names = ["expert_a", "expert_c", "anti_b"]
+    members = [load(ModelSpec(tiny[name], dtype="float64")) for name in names]
+    rows = [[7, 8, 9, 10], [11, 12]]
+    alone = [full_logits(m.model, rows) for m in members]
+    all_three, first_two = stacked(members), stacked(members[:2])
+    assert stacked(members) is all_three  # shared while held
+    freed = weakref.ref(first_two)
+    del first_two
+    gc.collect()
+    assert freed() is None
+    assert torch.allclose(full_logits(all_three, rows * 3), torch.cat(alone), atol=1e-12, rtol=0)
+    assert not owns_its_weights(members[2])  # still a view into the stack that holds it
+    del all_three
+    gc.collect()
+    assert all(owns_its_weights(m) for m in members)
+    for loaded, expected in zip(members, alone, strict=True):
+        assert torch.equal(full_logits(loaded.model, rows), expected)
+
+
+def test_a_composer_keeps_its_stack_across_sessions_and_lets_it_go_with_itself(tiny):
+    steered = Composer(member(tiny["base"], dtype="float64"), objectives(tiny, "float64"))
+
+    def stack_of(session):
+        return next(unit.stream.model for unit in session.units if len(unit.groups) > 1)
+
+    held = weakref.ref(stack_of(steered.session(["the cat"])))
+    gc.collect()
+    assert stack_of(steered.session(["a dog"])) is held()  # not stacked again for the next batch
+    del steered
+    gc.collect()
+    assert held() is None
