@@ -47,6 +47,16 @@ class Composed:
             self.weights[:, rows][:, :, positions],
         )
 
+    def joined(self, later: Composed) -> Composed:
+        """These positions followed by ``later``'s, for the same rows."""
+        return Composed(
+            torch.cat([self.logits, later.logits], 1),
+            torch.cat([self.base, later.base], 1),
+            torch.cat([self.experts, later.experts], 2),
+            torch.cat([self.antis, later.antis], 2),
+            torch.cat([self.weights, later.weights], 2),
+        )
+
 
 def render_rows(
     plan: Plan, models: Sequence[LoadedModel], prompts: Sequence[str], raw_ids: Sequence[list[int]] | None = None
@@ -161,6 +171,11 @@ class Session:
             unit.stream.crop(generated)
         self.generated = generated
         self.steps = torch.full((self.batch,), generated, dtype=torch.long)
+
+    def crop_units(self, units: Collection[int]) -> None:
+        """Units that ran ahead of the others (a forward over more columns than ``generated`` counts) go back."""
+        for unit in units:
+            self.units[unit].stream.crop(self.generated)
 
     def retract(self, keep: torch.Tensor, appended: int) -> None:
         """Of the last ``appended`` columns, row b keeps its first ``keep[b]`` (B,): rows advance unevenly.

@@ -10,7 +10,7 @@ non-speculative composed decoding; greedy decoding gives exactly its tokens.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -129,6 +129,7 @@ class _Speculator:
         steered = plan.experts + plan.antis if draft.steer else []
         # the units holding the draft's groups advance token by token; the others verify in one forward
         self.draft_units = sorted({session.unit_of(s.group) for s in [self.base, *steered]})
+        self.verify_units = [u for u in range(len(session.units)) if u not in self.draft_units]
         self.processors: LogitsProcessorList = config.processors()
         self.generator = config.generator(session.device)
 
@@ -140,17 +141,30 @@ class _Speculator:
         ``history`` (B, L) ends with each row's tokens. Returns the tokens (B, gamma + 1) of which row b keeps
         the first ``kept[b]`` (1 to gamma + 1), ``kept`` (B,), and the target's composition at their positions.
         """
+        session = self.session
         pending = history[:, -1:]
         drafts, draft_scores, draft_outputs = self._propose(pending, history, generated, gamma)
         fed = torch.cat([pending, drafts], dim=1)  # (B, gamma + 1): each row's last token, then the drafts
-        units = range(len(self.session.units))
-        outputs = self.session.advance_units({u: fed[:, gamma:] if u in self.draft_units else fed for u in units})
-        for group, parts in draft_outputs.items():
-            outputs[group] = torch.cat([*parts, outputs[group]], 1)
-        self.session.advanced(gamma + 1)
-        composed = self.session.compose(outputs, first_step=generated)
-        tokens, kept = self._accept(composed, drafts, draft_scores, history)
-        self.session.retract(kept, gamma + 1)
+        verified = session.advance_units(dict.fromkeys(self.verify_units, fed))
+        session.advanced(gamma)
+        head = None
+        if gamma:
+            outputs = {group: logits[:, :gamma] for group, logits in verified.items()}
+            outputs |= {group: torch.cat(parts, 1) for group, parts in draft_outputs.items()}
+            head = session.compose(outputs, first_step=generated)
+
+        def bonus() -> Composed:
+            """The target after the last draft: the draft's streams run it only when some row accepted all."""
+            outputs = {group: logits[:, gamma:] for group, logits in verified.items()}
+            outputs |= session.advance_units(dict.fromkeys(self.draft_units, fed[:, gamma:]))
+            session.advanced(1)
+            return session.compose(outputs, first_step=generated + gamma)
+
+        tokens, kept, composed = self._accept(head, bonus, drafts, draft_scores, history)
+        appended = composed.logits.shape[1]  # gamma, or gamma + 1 with the bonus position
+        if appended == gamma:
+            session.crop_units(self.verify_units)  # their forward's last column went unused
+        session.retract(kept, appended)
         return tokens, kept, composed
 
     def _propose(
@@ -173,21 +187,32 @@ class _Speculator:
         return torch.cat(drafts, dim=1) if drafts else empty, scores, outputs
 
     def _accept(
-        self, composed: Composed, drafts: torch.Tensor, draft_scores: list[torch.Tensor], history: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        head: Composed | None,
+        bonus: Callable[[], Composed],
+        drafts: torch.Tensor,
+        draft_scores: list[torch.Tensor],
+        history: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, Composed]:
         """Each row's drafts up to its first rejection, then its correction (or a bonus token after all of them).
 
-        Returns the tokens (B, gamma + 1), where row b's first ``kept[b]`` count, and ``kept`` (B,).
+        ``head`` is the target at the drafts' positions (None for no drafts), ``bonus`` computes it after the
+        last draft. Returns the tokens (B, gamma + 1), where row b's first ``kept[b]`` count, ``kept`` (B,),
+        and the target at the positions computed.
         """
         stats, gamma, rows = self.draft.stats, drafts.shape[1], drafts.shape[0]
         tokens = torch.cat([drafts, drafts.new_zeros((rows, 1))], dim=1)
         kept = torch.full((rows,), gamma + 1, dtype=torch.long, device=drafts.device)
         testing = torch.ones(rows, dtype=torch.bool, device=drafts.device)  # rows with no rejection yet
+        composed = head
         for i in range(gamma + 1):
-            target = self.processors(_extended(history, [drafts[:, :i]]), composed.logits[:, i])
             if i == gamma:  # every draft accepted: a bonus token from the target
+                tail = bonus()
+                composed = tail if composed is None else composed.joined(tail)
+                target = self.processors(_extended(history, [drafts]), tail.logits[:, 0])
                 tokens[:, i] = torch.where(testing, choose(target, self.config.do_sample, self.generator), tokens[:, i])
                 break
+            target = self.processors(_extended(history, [drafts[:, :i]]), composed.logits[:, i])
             accepted, token = self._test(target, draft_scores[i], drafts[:, i])
             stats.tested += int(testing.sum())
             stats.accepted += int((accepted & testing).sum())
@@ -199,7 +224,7 @@ class _Speculator:
                 break
         stats.rounds += rows
         stats.committed += int(kept.sum())
-        return tokens, kept.cpu()
+        return tokens, kept.cpu(), composed
 
     def _test(
         self, target: torch.Tensor, proposal: torch.Tensor, drafted: torch.Tensor

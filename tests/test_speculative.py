@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from composer import Chat, Composer, DecodingConfig, Linear, Member, ModelSpec, Objective, Template, UserInputError
-from composer.speculative import Draft
+from composer.session import Session
+from composer.speculative import Draft, _Speculator
 from tests.tiny_models import build_model, build_tokenizer
 
 
@@ -37,6 +38,31 @@ def test_greedy_tokens_equal_plain_greedy(tiny, gamma):
         contributions = [[v for t in c.trace for v in t.contributions.values()] for c in (f, p)]
         assert contributions[0] == pytest.approx(contributions[1], rel=1e-5)
     assert draft.stats.rounds > 0 and draft.stats.tested > 0
+
+
+def test_the_draft_streams_run_past_the_last_draft_only_for_a_bonus_token(tiny, monkeypatch):
+    """A round runs the draft's streams once per draft, and once more only if some row accepted every draft."""
+    composer = Composer(tiny["base"], objectives(tiny))
+    forwards, expected, bonuses = [0], [], []
+    advance, accept = Session.advance, _Speculator._accept
+
+    def counted(self, unit, tokens):
+        forwards[-1] += unit != 0  # unit 0 is the base, alone; unit 1 the stack of small models that drafts
+        return advance(self, unit, tokens)
+
+    def recorded(self, head, bonus, drafts, *rest):
+        tokens, kept, composed = accept(self, head, bonus, drafts, *rest)  # the bonus forward runs in here
+        bonuses.append(int(kept.max()) == drafts.shape[1] + 1)
+        expected.append(drafts.shape[1] + bonuses[-1])
+        forwards.append(0)
+        return tokens, kept, composed
+
+    monkeypatch.setattr(Session, "advance", counted)
+    monkeypatch.setattr(_Speculator, "_accept", recorded)
+    prompts = ["the cat sat on", "hello world please help me write a function"]
+    composer.generate(prompts, DecodingConfig(max_new_tokens=40), draft=Draft(gamma=3))
+    assert forwards[:-1] == expected
+    assert any(bonuses) and not all(bonuses)
 
 
 @pytest.mark.parametrize("new", [1, 2])
