@@ -6,7 +6,8 @@
 
 - rows that end: tiny-base + the 3 family objectives at 0.4 each, on 16 safety and 16 code test prompts,
   batches of 16, greedy, 96 new tokens, real end of sequence, so rows end at different steps;
-- speculative rows: plain versus speculative K=3 composition on the family, 64 + 64 tokens, batch 1 and 8.
+- speculative rows: plain versus speculative composition on the family, K=1 and K=3, 64 + 64 tokens, batch 1
+  and 8.
 
 Each is the median of 3 timed runs after one warm-up, with the variants interleaved.
 """
@@ -59,17 +60,17 @@ def rows_that_end(label: str) -> None:
 
 def speculative_rows(label: str) -> None:
     models = family_set()
-    composer = fixed_length(Composer(models.base, objectives(models, 3)))
     config = DecodingConfig(max_new_tokens=64)
-    for batch in (1, 8):
+    for k, batch in [(k, b) for k in (1, 3) for b in (1, 8)]:
+        composer = fixed_length(Composer(models.base, objectives(models, k)))
         texts, draft = prompts(models, Case(64, 64, batch)), Draft()
         runs = {
-            "plain": lambda texts=texts: composer.generate(texts, config),
-            "draft": lambda texts=texts, draft=draft: composer.generate(texts, config, draft=draft),
+            "plain": lambda c=composer, texts=texts: c.generate(texts, config),
+            "draft": lambda c=composer, texts=texts, draft=draft: c.generate(texts, config, draft=draft),
         }
         t = medians(runs)
         print(
-            f"{label}: speculative K=3, batch {batch}: plain {batch * 64 / t['plain']:.0f} tok/s, speculative "
+            f"{label}: speculative K={k}, batch {batch}: plain {batch * 64 / t['plain']:.0f} tok/s, speculative "
             f"{batch * 64 / t['draft']:.0f} tok/s ({t['plain'] / t['draft']:.2f}x), tokens per round "
             f"{draft.stats.tokens_per_round:.2f}, acceptance {draft.stats.acceptance_rate:.2f}"
         )

@@ -3,7 +3,8 @@
 The draft is built from the composition's own streams: by default the anti-expert stands in for the base,
 steered by the same objectives (the small models' own composition), so that the draft's expert and anti-expert
 logits are exactly the ones the target needs, computed once. Only the remaining streams (the large base) run
-over the drafted tokens in one parallel forward. Acceptance follows Leviathan et al. / Chen et al. (2023),
+over the drafted tokens in one parallel forward; the draft's streams run once more, past the last draft, only
+when some row accepted every draft and takes the bonus token. Acceptance follows Leviathan et al. / Chen et al. (2023),
 with the same logits processors applied to target and draft, so the output is distributed exactly as
 non-speculative composed decoding; greedy decoding gives exactly its tokens.
 """
