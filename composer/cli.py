@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from composer import report
-from composer.config import build_base, build_decoding, build_metrics, build_objectives, register_configs
+from composer.config import build_base, build_decoding, build_draft, build_metrics, build_objectives, register_configs
 from composer.plan import Plan
 from composer.runner import record_failure, run_job
 from composer.weights import row_weights
@@ -97,6 +97,7 @@ def validate(overrides: list[str]) -> int:
 def _describe(cfg: DictConfig) -> str:
     base, objectives = build_base(cfg), build_objectives(cfg)
     build_decoding(cfg)
+    build_draft(cfg)
     build_metrics(cfg)
     row_weights(objectives, 1, None, list(cfg.override_guards))  # bounds and protected objectives
     plan = Plan(base, objectives)

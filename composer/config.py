@@ -21,6 +21,7 @@ from composer.decoding import DecodingConfig
 from composer.engine import Composer
 from composer.metrics import Metric
 from composer.objectives import Member, Objective
+from composer.speculative import Draft
 from experts import family
 from experts.errors import UserInputError
 from experts.loading import ModelSpec
@@ -73,6 +74,12 @@ class DecodingSchema:
 
 
 @dataclass
+class SpeculativeConfig:
+    gamma: int = 0  # tokens drafted per round; 0 decodes without speculation
+    draft: str | None = None  # null: the shared anti-expert, steered by the objectives; an objective: its expert
+
+
+@dataclass
 class RunConfig:
     base: ModelConfig = MISSING
     objectives: dict[str, ObjectiveConfig] = field(default_factory=dict)
@@ -86,6 +93,7 @@ class RunConfig:
     allow_targets: list[str] = field(default_factory=list)
     override_guards: list[str] = field(default_factory=list)  # objectives whose bounds/protection may be broken
     cuda_graphs: bool = False  # replay decoding steps as CUDA graphs (Composer(cuda_graphs=True))
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
 
 
 def register_configs() -> None:
@@ -138,6 +146,29 @@ def build_decoding(cfg: DictConfig) -> DecodingConfig:
     if unknown:  # '+decoding.key=...' adds keys past the schema
         raise UserInputError(f"decoding has unknown key(s) {unknown}; known keys are {sorted(known)}")
     return DecodingConfig(**values)
+
+
+def build_draft(cfg: DictConfig) -> Draft | None:
+    """The speculative draft the run asks for (``speculative.gamma`` > 0), or None."""
+    node = cfg.speculative
+    if isinstance(node.gamma, bool) or node.gamma < 0:
+        raise UserInputError(f"speculative.gamma={node.gamma!r} must be a whole number >= 0 (0: no speculation)")
+    if node.gamma == 0:
+        return None
+    if node.draft is None:
+        if len({o.anti for o in build_objectives(cfg)}) != 1:
+            raise UserInputError(
+                "speculative.draft is null, but the objectives do not share one anti-expert to draft for them all; "
+                "set speculative.draft to an objective's name (its expert drafts alone)"
+            )
+        return Draft(gamma=node.gamma)
+    if node.draft not in cfg.objectives:
+        raise UserInputError(
+            f"speculative.draft={node.draft!r} is not an objective; name one of {sorted(cfg.objectives)} "
+            "(its expert drafts alone) or leave it null (the shared anti-expert drafts, steered)"
+        )
+    expert = build_member(f"objectives.{node.draft}.expert", cfg.objectives[node.draft].expert)
+    return Draft(model=expert, steer=False, gamma=node.gamma)
 
 
 def build_composer(cfg: DictConfig) -> Composer:

@@ -19,9 +19,10 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from composer.config import build_composer, build_decoding, build_metrics
+from composer.config import build_composer, build_decoding, build_draft, build_metrics
 from composer.decoding import DecodingConfig
 from composer.engine import Completion, Composer
+from composer.speculative import Draft
 from experts.errors import UserInputError
 
 OUTPUT_NAME = "completions.jsonl"
@@ -42,6 +43,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
     output = Path(cfg.output) if cfg.output else job_dir / OUTPUT_NAME
     metrics = build_metrics(cfg)
     decoding = build_decoding(cfg)
+    draft = build_draft(cfg)
     if cfg.batch_size < 1:
         raise UserInputError(f"batch_size={cfg.batch_size} must be a whole number >= 1")
     done = prepare_output(output, cfg.resume)
@@ -49,7 +51,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
     check_weights(items, [o.name for o in composer.objectives])
     finished = {record["id"] for record in done}
     todo = [item for item in items if item.id not in finished]
-    records = done + run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done))
+    records = done + run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done), draft)
     summary = {
         "status": "ok",
         "overrides": list(overrides),
@@ -64,6 +66,12 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
         "output": str(output),
         "seconds": round(time.monotonic() - started, 3),
     }
+    if draft is not None:
+        summary["speculative"] = {
+            "gamma": draft.gamma,
+            "acceptance_rate": round(draft.stats.acceptance_rate, 4),
+            "tokens_per_round": round(draft.stats.tokens_per_round, 4),
+        }
     write_metrics(job_dir, summary)
     return summary
 
@@ -173,29 +181,36 @@ def run_prompts(
     batch_size: int,
     trace: bool,
     already_done: int = 0,
+    draft: Draft | None = None,
 ) -> list[dict[str, Any]]:
-    """Generate in batches; append each record to ``output`` (flushed and fsync'd) and print its text."""
+    """Generate in batches; append each record to ``output`` (flushed and fsync'd) and print its text.
+
+    With a ``draft``, decoding is speculative; the bar shows its acceptance rate so far."""
     records = []
     with (
         output.open("a", encoding="utf-8") as sink,
         tqdm(total=already_done + len(items), initial=already_done, unit="prompt") as bar,
     ):
         for batch in _batches(items, batch_size):
-            for record in _generate(composer, batch, decoding, trace):
+            for record in _generate(composer, batch, decoding, trace, draft):
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 sink.flush()
                 os.fsync(sink.fileno())
                 records.append(record)
                 bar.write(f"[{record['id']}] {_first(record['text'])}")
                 bar.update()
+            if draft is not None:
+                stats = draft.stats
+                bar.set_postfix(accepted=f"{stats.acceptance_rate:.2f}", per_round=f"{stats.tokens_per_round:.2f}")
     return records
 
 
 def _generate(
-    composer: Composer, batch: Sequence[PromptItem], decoding: DecodingConfig, trace: bool
+    composer: Composer, batch: Sequence[PromptItem], decoding: DecodingConfig, trace: bool, draft: Draft | None
 ) -> Iterator[dict[str, Any]]:
     weights = [item.weights or {} for item in batch] if any(item.weights for item in batch) else None
-    completions = composer.generate([item.prompt for item in batch], decoding, weights=weights, trace=trace)
+    prompts = [item.prompt for item in batch]
+    completions = composer.generate(prompts, decoding, weights=weights, trace=trace, draft=draft)
     per_prompt = decoding.num_return_sequences
     for i, item in enumerate(batch):
         yield _record(item, completions[i * per_prompt : (i + 1) * per_prompt], trace)

@@ -29,6 +29,7 @@ class StaticStream(ModelStream):
         self._graph: torch.cuda.CUDAGraph | None = None
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._output: torch.Tensor | None = None
+        self._weights: list[torch.Tensor] = []
 
     def _fresh_cache(self, mask: torch.Tensor) -> None:
         self.full = torch.zeros(
@@ -82,6 +83,9 @@ class StaticStream(ModelStream):
             self.graphs = False
             return False
         self._graph = graph
+        # the graph reads the weights at their addresses now: hold those storages, in case the model's parameters
+        # are moved while it replays (a stack released elsewhere gives its members weights of their own)
+        self._weights = [p.detach() for p in self.model.parameters()]
         return True
 
     @torch.inference_mode()

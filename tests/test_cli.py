@@ -96,6 +96,21 @@ def test_a_sweep_records_the_failed_job_and_runs_the_others(plugin: Path, tmp_pa
     assert all((sweep / n / "completions.jsonl").read_text().count("\n") == 2 for n in ("0", "2"))
 
 
+def test_a_sweep_over_speculation_writes_the_same_greedy_text_and_reports_acceptance(plugin: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    result = cli(
+        "-m", "recipe=toy", f"hydra.searchpath=[file://{plugin}]", f"hydra.sweep.dir={sweep}",
+        "decoding.max_new_tokens=12", "speculative.gamma=0,3", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plain, fast = ([json.loads(line) for line in (sweep / n / "completions.jsonl").read_text().splitlines()]
+                   for n in ("0", "1"))  # fmt: skip
+    assert [r["text"] for r in fast] == [r["text"] for r in plain]
+    metrics = [json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1")]
+    assert "speculative" not in metrics[0]
+    assert metrics[1]["speculative"]["gamma"] == 3 and 1 <= metrics[1]["speculative"]["tokens_per_round"] <= 4
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -14,6 +14,7 @@ from composer.config import (
     build_base,
     build_composer,
     build_decoding,
+    build_draft,
     build_metrics,
     build_objectives,
     instantiate_allowed,
@@ -86,6 +87,30 @@ def test_overrides_and_presets_reach_the_objects():
 def test_cuda_graphs_reach_the_composer():
     assert not build_composer(compose_run()).cuda_graphs
     assert build_composer(compose_run("cuda_graphs=true")).cuda_graphs
+
+
+def test_speculative_decoding_is_off_by_default_and_drafts_as_asked():
+    assert build_draft(compose_run()) is None
+    steered = build_draft(compose_run("speculative.gamma=3"))
+    assert steered.gamma == 3 and steered.steer and steered.model is None  # the shared anti-expert, steered
+    cfg = compose_run("speculative.gamma=2", "speculative.draft=code")
+    alone = build_draft(cfg)
+    code = next(o for o in build_objectives(cfg) if o.name == "code")
+    assert alone.gamma == 2 and not alone.steer and alone.model == code.expert
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["speculative.gamma=-1"], "speculative.gamma=-1 must be a whole number >= 0"),
+        (["speculative.gamma=2", "speculative.draft=poetry"], "speculative.draft='poetry' is not an objective"),
+        (["speculative.gamma=2", "objectives.code.anti.path=elsewhere"], "do not share one anti-expert"),
+    ],
+)
+def test_speculative_mistakes_are_refused_in_one_line(overrides: list[str], message: str):
+    with pytest.raises(UserInputError, match=message) as err:
+        build_draft(compose_run(*overrides))
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
