@@ -1,15 +1,16 @@
 """Two one-line measurements to run on two checkouts, for changes that have no switch to compare within one process.
 
     git worktree add /tmp/before <commit>
-    PYTHONPATH=/tmp/before python benchmarks/before_after.py before
-    PYTHONPATH=. python benchmarks/before_after.py after
+    PYTHONPATH=/tmp/before python benchmarks/before_after.py before [speculative]
+    PYTHONPATH=. python benchmarks/before_after.py after [speculative]
 
 - rows that end: tiny-base + the 3 family objectives at 0.4 each, on 16 safety and 16 code test prompts,
   batches of 16, greedy, 96 new tokens, real end of sequence, so rows end at different steps;
 - speculative rows: plain versus speculative composition on the family, K=1 and K=3, 64 + 64 tokens, batch 1
   and 8.
 
-Each is the median of 3 timed runs after one warm-up, with the variants interleaved.
+Each is the median of 3 timed runs (5 for the speculative rows) after one warm-up, with the variants
+interleaved. A second argument ``speculative`` runs only the speculative rows.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def speculative_rows(label: str) -> None:
             "plain": lambda c=composer, texts=texts: c.generate(texts, config),
             "draft": lambda c=composer, texts=texts, draft=draft: c.generate(texts, config, draft=draft),
         }
-        t = medians(runs)
+        t = medians(runs, repeats=5)
         print(
             f"{label}: speculative K={k}, batch {batch}: plain {batch * 64 / t['plain']:.0f} tok/s, speculative "
             f"{batch * 64 / t['draft']:.0f} tok/s ({t['plain'] / t['draft']:.2f}x), tokens per round "
@@ -78,5 +79,6 @@ def speculative_rows(label: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    rows_that_end(sys.argv[1])
+    if sys.argv[2:] != ["speculative"]:
+        rows_that_end(sys.argv[1])
     speculative_rows(sys.argv[1])
