@@ -75,7 +75,9 @@ class Composer:
         return self.plan.objectives
 
     def explain(self) -> str:
-        return self.plan.explain([g for g, _ in partition(self.models, {self.plan.base.group}, self.stack_models)])
+        units = partition(self.models, {self.plan.base.group}, self.stack_models)
+        self._stacks.update({id(model): model for groups, model in units if len(groups) > 1})  # sessions reuse them
+        return self.plan.explain([groups for groups, _ in units])
 
     def session(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> Session:
         """Decoding state for a batch: the primitive that every decoding loop drives."""
