@@ -21,6 +21,7 @@ from composer.decoding import DecodingConfig
 from composer.engine import Composer
 from composer.metrics import Metric
 from composer.objectives import Member, Objective
+from composer.plan import Plan
 from composer.speculative import Draft
 from experts import family
 from experts.errors import UserInputError
@@ -155,20 +156,17 @@ def build_draft(cfg: DictConfig) -> Draft | None:
         raise UserInputError(f"speculative.gamma={node.gamma!r} must be a whole number >= 0 (0: no speculation)")
     if node.gamma == 0:
         return None
-    if node.draft is None:
-        if len({o.anti for o in build_objectives(cfg)}) != 1:
-            raise UserInputError(
-                "speculative.draft is null, but the objectives do not share one anti-expert to draft for them all; "
-                "set speculative.draft to an objective's name (its expert drafts alone)"
-            )
-        return Draft(gamma=node.gamma)
-    if node.draft not in cfg.objectives:
+    if node.draft is not None and node.draft not in cfg.objectives:
         raise UserInputError(
             f"speculative.draft={node.draft!r} is not an objective; name one of {sorted(cfg.objectives)} "
             "(its expert drafts alone) or leave it null (the shared anti-expert drafts, steered)"
         )
-    expert = build_member(f"objectives.{node.draft}.expert", cfg.objectives[node.draft].expert)
-    return Draft(model=expert, steer=False, gamma=node.gamma)
+    alone = None  # the shared anti-expert drafts, steered by the objectives
+    if node.draft is not None:
+        alone = build_member(f"objectives.{node.draft}.expert", cfg.objectives[node.draft].expert)
+    draft = Draft(model=alone, steer=alone is None, gamma=node.gamma)
+    draft.slot(Plan(build_base(cfg), build_objectives(cfg)))  # refused here, before any weights load
+    return draft
 
 
 def build_composer(cfg: DictConfig) -> Composer:

@@ -63,7 +63,7 @@ class Composer:
         self.stack_models = stack_models
         self.cuda_streams = cuda_streams
         self.cuda_graphs = cuda_graphs
-        self._stacks: dict[int, torch.nn.Module] = {}  # held, so that later sessions reuse them (see stacking)
+        self._stacks: dict[int, torch.nn.Module] = {}  # see _hold
         self.guard_notes = row_weights(self.plan.objectives, 1, None, self.override_guards)[1]
         self.models = [load(spec) for spec in self.plan.specs]
         self.tokenizer = self.models[self.plan.base.group].tokenizer
@@ -76,7 +76,7 @@ class Composer:
 
     def explain(self) -> str:
         units = partition(self.models, {self.plan.base.group}, self.stack_models)
-        self._stacks.update({id(model): model for groups, model in units if len(groups) > 1})  # sessions reuse them
+        self._hold(units)
         return self.plan.explain([groups for groups, _ in units])
 
     def session(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> Session:
@@ -115,8 +115,12 @@ class Composer:
             self.cuda_streams,
             cuda_graphs,
         )
-        self._stacks.update({id(u.stream.model): u.stream.model for u in session.units if len(u.groups) > 1})
+        self._hold([(unit.groups, unit.stream.model) for unit in session.units])
         return session
+
+    def _hold(self, units: Sequence[tuple[list[int], torch.nn.Module]]) -> None:
+        """Keep the stacks among ``units`` (groups, module) alive, so that later sessions reuse them."""
+        self._stacks.update({id(model): model for groups, model in units if len(groups) > 1})
 
     def generate(
         self,

@@ -4,8 +4,8 @@ The draft is built from the composition's own streams: by default the anti-exper
 steered by the same objectives (the small models' own composition), so that the draft's expert and anti-expert
 logits are exactly the ones the target needs, computed once. Only the remaining streams (the large base) run
 over the drafted tokens in one parallel forward; the draft's streams run once more, past the last draft, only
-when some row accepted every draft and takes the bonus token. Acceptance follows Leviathan et al. / Chen et al. (2023),
-with the same logits processors applied to target and draft, so the output is distributed exactly as
+when some row accepted every draft and takes the bonus token. Acceptance follows Leviathan et al. / Chen et al.
+(2023), with the same logits processors applied to target and draft, so the output is distributed exactly as
 non-speculative composed decoding; greedy decoding gives exactly its tokens.
 """
 
@@ -62,7 +62,10 @@ class Draft:
         if self.model is None:
             antis = set(plan.antis)
             if len(antis) != 1:
-                raise UserInputError("the objectives do not share one anti-expert; name the draft model explicitly")
+                raise UserInputError(
+                    "the objectives do not share one anti-expert to draft for them all; name the draft model "
+                    "(Draft(model=...); speculative.draft=OBJECTIVE on the command line)"
+                )
             return antis.pop()
         member = self.model if isinstance(self.model, Member) else Member(_spec(self.model))
         for slot in [plan.base, *plan.experts, *plan.antis]:
