@@ -155,8 +155,9 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         rows = render_rows(plan, composer.models, texts, raw_ids=ids)
         weights = self._weights(len(ids), steering)
         session = composer.session_over(rows, weights)
-        width = input_ids.shape[1]
-        return session.compose(session.tail_logits(width), first_step=0).logits
+        lengths = torch.tensor([len(r) for r in ids])
+        composed = session.compose(session.tail_logits(int(lengths.max())), first_step=0).logits
+        return _at_input_positions(composed, mask, lengths)
 
     def _full_width(self, logits: torch.Tensor) -> torch.Tensor:
         """Pad the shared vocabulary back to the base's logit width, so shapes match the base model."""
@@ -164,3 +165,13 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         if missing <= 0:
             return logits
         return torch.nn.functional.pad(logits, (0, missing), value=float("-inf"))
+
+
+def _at_input_positions(composed: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Logits laid out as the input was: the session right-aligns each row's real tokens, the caller may pad on
+    either side or add pad columns. Pad positions get zeros (a uniform distribution, never NaN downstream)."""
+    mask = mask.to(composed.device).bool()
+    rank = mask.long().cumsum(-1) - 1  # the j-th real token of its row
+    source = rank + (composed.shape[1] - lengths.to(composed.device)).unsqueeze(1)
+    gathered = composed.gather(1, source.clamp(min=0).unsqueeze(-1).expand(-1, -1, composed.shape[-1]))
+    return gathered.masked_fill(~mask.unsqueeze(-1), 0.0)

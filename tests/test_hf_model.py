@@ -89,6 +89,25 @@ def test_uncached_forward_refuses_what_it_cannot_compose(chat_composer):
         model(**encode(chat_composer, ["the cat"]))
 
 
+def test_uncached_forward_keeps_positions_under_any_padding(tiny):
+    """Right padding and extra pad columns (pad_to_multiple_of) give each real token its own logits."""
+    composer = Composer(tiny["base"], raw_objectives(tiny))
+    model = ComposedForCausalLM(composer)
+    rows = [composer.tokenizer(p)["input_ids"] for p in ["the cat sat", "hello world please help"]]
+    alone = [model(input_ids=torch.tensor([row])).logits[0] for row in rows]
+    width = max(map(len, rows)) + 2
+    for side in ("left", "right"):
+        ids = torch.full((2, width), composer.tokenizer.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for b, row in enumerate(rows):
+            columns = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+            ids[b, columns], mask[b, columns] = torch.tensor(row), 1
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        assert logits.shape[:2] == ids.shape
+        for b in range(2):
+            torch.testing.assert_close(logits[b][mask[b].bool()], alone[b], atol=1e-5, rtol=1e-5)
+
+
 def test_lm_eval_hflm_scores_like_the_composer(tiny):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
