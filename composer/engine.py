@@ -64,7 +64,7 @@ class Composer:
         self.cuda_streams = cuda_streams
         self.cuda_graphs = cuda_graphs
         self._stacks: dict[int, torch.nn.Module] = {}  # see _hold
-        self.guard_notes = row_weights(self.plan.objectives, 1, None, self.override_guards)[1]
+        self.guard_notes = row_weights(self.plan.objectives, 1, None, self.override_guards)[1][0]
         self.models = [load(spec) for spec in self.plan.specs]
         self.tokenizer = self.models[self.plan.base.group].tokenizer
         self.vocab_width = common_vocab_width([self.models[self.plan.base.group], *self.models])
@@ -85,7 +85,7 @@ class Composer:
 
     def _session(
         self, prompts: Sequence[str], weights: WeightOverride, max_new_tokens: int, draft: Draft | None = None
-    ) -> tuple[Session, list[str]]:
+    ) -> tuple[Session, list[list[str]]]:
         table, guard_notes = row_weights(self.objectives, len(prompts), weights, self.override_guards)
         rows = render_rows(self.plan, self.models, prompts)
         # a model that drafts by itself runs outside its stack, or every drafted token would run the whole stack
@@ -165,7 +165,7 @@ class Composer:
                 weights=dict(zip(names, weights_of_row[:, row].tolist(), strict=True)),
                 finish_reason=reasons[row],
                 trace=traces[row] if trace else None,
-                guards_overridden=list(guard_notes),
+                guards_overridden=list(guard_notes[int(repeats[row])]),
             )
             for row in range(len(prompt_of_row))
         ]
@@ -216,10 +216,10 @@ class Composer:
         ``finished`` when it ends, and the next step runs without it (``Session.select``).
         """
         composed = session.start()
+        history = _base_prompt_ids(session).index_select(0, repeats.to(session.device))  # before select: B rows
         if config.num_return_sequences > 1:
             session.select(repeats.to(session.device))
             composed = composed.take(rows=repeats.to(session.device))
-        history = _base_prompt_ids(session).index_select(0, repeats.to(session.device))
         if draft is not None:
             yield from speculate(session, composed, history, config, draft, finished)
             return
@@ -245,9 +245,13 @@ class Composer:
 
     def _text(self, tokens: list[int], reason: str, config: DecodingConfig) -> str:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        if reason == "stop":
-            text = text[: min(text.find(s) for s in config.stop if s in text)]
-        return text
+        if reason != "stop":
+            return text
+        found = [text.find(s) for s in config.stop if s in text]
+        if found:
+            return text[: min(found)]
+        # the stop is a special token (found with specials kept, as _finish_reason looks): the tokens before it
+        return self.tokenizer.decode(tokens[:-1], skip_special_tokens=True)
 
     def _trace(self, composed: Composed, row: int, token: int) -> TokenTrace:
         return trace_row(

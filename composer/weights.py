@@ -15,9 +15,9 @@ WeightOverride = Mapping[str, float] | Sequence[Mapping[str, float]] | None
 
 def row_weights(
     objectives: Sequence[Objective], batch: int, override: WeightOverride, overridden_guards: Collection[str] = ()
-) -> tuple[torch.Tensor, list[str]]:
+) -> tuple[torch.Tensor, list[list[str]]]:
     """A ``(K, batch)`` tensor: the recipe's weights, replaced per row by any names given in ``override``;
-    and the notes of guards that an explicit override let pass (guards that fail otherwise raise)."""
+    and, per row, the notes of guards that an explicit override let pass (guards that fail otherwise raise)."""
     if override is None or isinstance(override, Mapping):
         rows = [override or {}] * batch
     else:
@@ -26,7 +26,7 @@ def row_weights(
             raise UserInputError(f"got {len(rows)} weight overrides for {batch} prompts; give one per prompt")
     known = [o.name for o in objectives]
     table = torch.empty(len(objectives), batch, dtype=torch.float64)
-    notes: list[str] = []
+    notes: list[list[str]] = [[] for _ in rows]
     for b, row in enumerate(rows):
         unknown = sorted(set(row) - set(known))
         if unknown:
@@ -35,7 +35,7 @@ def row_weights(
             value = row.get(objective.name, objective.weight)
             check_weight(objective.name, value)
             note = check_guards(objective, value, overridden_guards)
-            if note is not None and note not in notes:
-                notes.append(note)
+            if note is not None:
+                notes[b].append(note)
             table[k, b] = float(value)  # an int beyond int64 (2**63) is still a valid weight
     return table, notes

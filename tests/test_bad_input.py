@@ -146,5 +146,7 @@ def test_an_explicit_override_is_recorded(tiny):
     assert composer.guard_notes == ["safety: protected objective would get a negative weight (-1) (guard overridden)"]
     out = composer.generate("the cat", DecodingConfig(max_new_tokens=2))[0]
     assert out.guards_overridden == composer.guard_notes
+    rows = composer.generate(["the cat", "a dog"], DecodingConfig(max_new_tokens=2), weights=[{"safety": 1}, {}])
+    assert [r.guards_overridden for r in rows] == [[], composer.guard_notes]  # only the row that broke the guard
     with one_line_error("unknown objective"):
         Composer(tiny["base"], [guarded(tiny)], override_guards=["code"])

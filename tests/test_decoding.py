@@ -1,5 +1,7 @@
 """Decoding features: sampling, seeds, several samples, stop strings, EOS, penalties, streaming."""
 
+import copy
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,6 +50,21 @@ def test_stop_strings_cut_the_text_and_rows_finish_separately(tiny):
     assert len(stopped[0].token_ids) <= 4
     if stop not in free[1].text:
         assert stopped[1].token_ids == free[1].token_ids
+
+
+def test_a_stop_string_may_be_a_special_token(tiny):
+    """As with transformers' stop strings, a special token (say <|im_end|>) stops a row; it is not shown."""
+    composer = steered(tiny)
+    tokens = composer.generate("the cat", DecodingConfig(max_new_tokens=8))[0].token_ids
+    composer.tokenizer = copy.deepcopy(composer.tokenizer)
+    word = composer.tokenizer.convert_ids_to_tokens(tokens[2])
+    composer.tokenizer.add_special_tokens({"additional_special_tokens": [word]})
+    assert composer.tokenizer.convert_tokens_to_ids(word) == tokens[2]
+    config = DecodingConfig(max_new_tokens=8, stop=(word,))
+    out = composer.generate("the cat", config)[0]
+    assert out.finish_reason == "stop" and out.token_ids == tokens[: len(out.token_ids)]
+    assert word not in out.text.split() and tokens[len(out.token_ids) - 1] == tokens[2]
+    assert "".join(composer.stream("the cat", config)) == out.text
 
 
 def test_eos_ends_a_row(tiny):
@@ -103,3 +120,25 @@ def test_finished_rows_leave_the_batch_and_the_others_decode_as_before(tiny, mon
         out = composer.generate(prompts, config, draft=draft)
         assert [c.token_ids for c in out] == alone
         assert batches and max(batches) < len(prompts)  # the batch shrank once a row ended
+
+
+def test_several_samples_see_their_own_prompt_as_history(tiny, monkeypatch):
+    """The processors' history (the repetition penalty's) is each row's prompt, also when the base's weights
+    serve a second prompt format and every prompt is sampled several times."""
+    from composer import Chat
+
+    seen = []
+
+    def recorder(self):
+        return lambda ids, scores: seen.append(ids.clone()) or scores
+
+    monkeypatch.setattr(DecodingConfig, "processors", recorder)
+    base = Member(ModelSpec(tiny["base"]))
+    chat = Objective("chat", Member(ModelSpec(tiny["base"]), Chat(system="be kind")), base, weight=0.5)
+    config = DecodingConfig(max_new_tokens=1, do_sample=True, seed=0, num_return_sequences=2)
+    Composer(base, [chat]).generate(["the cat sat", "dog"], config)
+    tokenizer = AutoTokenizer.from_pretrained(tiny["base"])
+    cat, dog = (tokenizer(p)["input_ids"] for p in ("the cat sat", "dog"))
+    history = seen[0].tolist()
+    assert len(history) == 4 and all(len(row) == len(cat) for row in history)
+    assert history[0] == history[1] == cat and history[2][-len(dog) :] == history[3][-len(dog) :] == dog
