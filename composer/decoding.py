@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +36,12 @@ class DecodingConfig:
     num_return_sequences: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(self.stop))
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, Iterable):
+            raise UserInputError(f"decoding.stop={self.stop!r} must be a string or a list of strings")
+        object.__setattr__(self, "stop", tuple(stop))
+        if self.seed is not None:
+            _whole("seed", self.seed, minimum=0)
         _whole("max_new_tokens", self.max_new_tokens, minimum=1)
         _whole("num_return_sequences", self.num_return_sequences, minimum=1)
         if self.top_k is not None:

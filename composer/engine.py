@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from composer.decoding import DecodingConfig, choose, drop_finished
-from composer.objectives import Member, Objective
+from composer.objectives import Member, Objective, as_member
 from composer.plan import Plan
 from composer.scoring import ContinuationScore, score_continuations
 from composer.session import Composed, Session, render_rows
@@ -51,11 +51,9 @@ class Composer:
         ``cuda_streams`` runs the base and the stack on CUDA streams of their own, side by side.
         ``cuda_graphs`` replays each decoding step of plain (not speculative) generation as CUDA graphs over
         caches allotted up front: on a GPU the eager step is bound by Python and kernel launches."""
-        if isinstance(base, str):
-            base = ModelSpec(base)
-        if isinstance(base, ModelSpec):
-            base = Member(base)
-        self.plan = Plan(base, objectives)
+        if isinstance(override_guards, str):
+            override_guards = [override_guards]
+        self.plan = Plan(as_member(base, "the base"), objectives)
         unknown = sorted(set(override_guards) - {o.name for o in objectives})
         if unknown:
             raise UserInputError(f"override_guards names unknown objective(s) {unknown}")
@@ -86,6 +84,8 @@ class Composer:
     def _session(
         self, prompts: Sequence[str], weights: WeightOverride, max_new_tokens: int, draft: Draft | None = None
     ) -> tuple[Session, list[list[str]]]:
+        if not prompts:
+            raise UserInputError("no prompts were given; pass at least one")
         table, guard_notes = row_weights(self.objectives, len(prompts), weights, self.override_guards)
         rows = render_rows(self.plan, self.models, prompts)
         # a model that drafts by itself runs outside its stack, or every drafted token would run the whole stack

@@ -107,6 +107,11 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _weights(self, batch: int, steering_weights: torch.Tensor | None) -> torch.Tensor:
         names = [o.name for o in self.composer.objectives]
+        if steering_weights is not None and tuple(steering_weights.shape) != (batch, len(names)):
+            raise UserInputError(
+                f"steering_weights has shape {tuple(steering_weights.shape)}; give ({batch}, {len(names)}): "
+                f"one row per sequence, one column per objective {names}"
+            )
         rows = (
             None if steering_weights is None else [dict(zip(names, r, strict=True)) for r in steering_weights.tolist()]
         )

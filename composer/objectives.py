@@ -20,8 +20,21 @@ class Member:
     format: PromptFormat = field(default_factory=Raw)
 
 
+def as_member(value: Member | ModelSpec | str, role: str) -> Member:
+    """A model path or spec seen raw; a Member as it is."""
+    if isinstance(value, str):
+        value = ModelSpec(value)
+    if isinstance(value, ModelSpec):
+        return Member(value)
+    if not isinstance(value, Member):
+        raise UserInputError(f"{role} is a {type(value).__name__}; give a model path, a ModelSpec or a Member")
+    return value
+
+
 @dataclass(frozen=True)
 class Objective:
+    """``expert`` and ``anti`` may be given as model paths or ModelSpecs (seen raw) as well as Members."""
+
     name: str
     expert: Member
     anti: Member
@@ -31,19 +44,21 @@ class Objective:
     protected: bool = False  # refuse negative effective weights unless overridden
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise UserInputError(f"objective name {self.name!r} must be letters, digits, '_' or '-'")
-        check_weight(self.name, self.weight)
+        name = self.name
+        if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise UserInputError(f"objective name {name!r} must be letters, digits, '_' or '-'")
+        object.__setattr__(self, "expert", as_member(self.expert, f"objective {name!r}: the expert"))
+        object.__setattr__(self, "anti", as_member(self.anti, f"objective {name!r}: the anti-expert"))
+        check_weight(name, self.weight)
         if self.bounds is not None:
+            if isinstance(self.bounds, str) or len(self.bounds) != 2:
+                raise UserInputError(f"objective {name!r}: bounds {self.bounds!r} must be a pair [low, high]")
             object.__setattr__(self, "bounds", tuple(self.bounds))
             lo, hi = self.bounds
             for value in (v for v in self.bounds if v is not None):
                 check_weight(f"{self.name}.bounds", value)
             if lo is not None and hi is not None and lo > hi:
                 raise UserInputError(f"objective {self.name!r}: bounds [{lo}, {hi}] are reversed; put the lower first")
-
-    def weight_at(self, t: int) -> float:
-        return self.weight * self.schedule(t)
 
 
 def check_weight(name: str, weight: float) -> None:

@@ -32,8 +32,13 @@ def score_continuations(
     for index, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
         if not prompt or not continuation:
             raise UserInputError(f"pair {index} has an empty prompt or continuation; both need text")
+    if not prompts:
+        raise UserInputError("no prompts were given; pass at least one pair of prompt and continuation")
     table, _ = row_weights(composer.objectives, len(prompts), weights, composer.override_guards)
     targets = [composer.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    empty = [index for index, target in enumerate(targets) if not target]
+    if empty:
+        raise UserInputError(f"continuation(s) {empty} have no tokens (only whitespace?); give each visible text")
     slots = _slot_logits(composer, prompts, targets)
     plan = composer.plan
     scores = []

@@ -1,7 +1,8 @@
 """The core primitive: advance every unique stream by the same tokens and return the composed logits.
 
-The decode loop, the speculative loop, scoring and the transformers wrapper all drive a ``Session``;
-positions, masks, vocabulary slicing and -inf handling live here and nowhere else.
+The decode loop, the speculative loop and the transformers wrapper drive a ``Session``; positions, masks,
+vocabulary slicing and -inf handling of decoding live here (scoring, one uncached forward over whole rows,
+slices and promotes its logits in ``composer.scoring``).
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ class Session:
         return outputs
 
     def crop(self, generated: int) -> None:
-        """Roll every stream back to ``generated`` appended tokens (speculative rejection, assisted decoding)."""
+        """Roll every stream back to ``generated`` appended tokens (transformers' assisted decoding rejecting
+        candidates; speculative rounds use ``retract`` and ``crop_units``)."""
         for unit in self.units:
             unit.stream.crop(generated)
         self.generated = generated

@@ -11,6 +11,7 @@ non-speculative composed decoding; greedy decoding gives exactly its tokens.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
@@ -54,6 +55,10 @@ class Draft:
     stats: SpeculationStats = field(default_factory=SpeculationStats, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
+        if self.model is not None and type(self.model) not in (str, ModelSpec, Member):
+            raise UserInputError(f"draft model {self.model!r}: give a model path, a ModelSpec or a Member")
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, int) or self.gamma < 1:
             raise UserInputError(f"draft gamma={self.gamma!r} must be a whole number >= 1")
 
@@ -67,12 +72,16 @@ class Draft:
                     "(Draft(model=...); speculative.draft=OBJECTIVE on the command line)"
                 )
             return antis.pop()
-        member = self.model if isinstance(self.model, Member) else Member(_spec(self.model))
         for slot in [plan.base, *plan.experts, *plan.antis]:
-            if plan.specs[slot.group] == member.model and plan.formats[slot.group][slot.format] == member.format:
+            spec = plan.specs[slot.group]
+            # a path names a model whatever its dtype and prompt formats, a spec whatever its formats
+            seen = {str: spec.path, ModelSpec: spec, Member: Member(spec, plan.formats[slot.group][slot.format])}
+            if seen[type(self.model)] == self.model:
                 return slot
+        spec = self.model.model if isinstance(self.model, Member) else self.model
+        path = spec if isinstance(spec, str) else spec.path
         raise UserInputError(
-            f"draft model {member.model.path!r} is not an expert or anti-expert of this composition; use one of them"
+            f"draft model {path!r} is not an expert or anti-expert of this composition; use one of them"
         )
 
 
@@ -252,7 +261,3 @@ class _Speculator:
 def _extended(history: torch.Tensor, drafted: list[torch.Tensor]) -> torch.Tensor:
     """The ids the processors see (repetition penalty): history followed by the drafted tokens so far."""
     return torch.cat([history, *drafted], dim=1) if drafted else history
-
-
-def _spec(model: ModelSpec | str) -> ModelSpec:
-    return ModelSpec(model) if isinstance(model, str) else model

@@ -21,7 +21,11 @@ def row_weights(
     if override is None or isinstance(override, Mapping):
         rows = [override or {}] * batch
     else:
-        rows = list(override)
+        rows = list(override) if isinstance(override, Sequence) and not isinstance(override, str) else [override]
+        if not all(isinstance(row, Mapping) for row in rows):
+            raise UserInputError(
+                f"weights={override!r}: give a mapping {{objective: weight}}, or a list of them, one per prompt"
+            )
         if len(rows) != batch:
             raise UserInputError(f"got {len(rows)} weight overrides for {batch} prompts; give one per prompt")
     known = [o.name for o in objectives]

@@ -69,6 +69,8 @@ def test_bad_per_row_weights(tiny):
         composer.generate("the cat", weights={"code": 1.0})
     with one_line_error("give one per prompt"):
         composer.generate(["a", "b"], weights=[{"s": 1.0}])
+    with one_line_error(r"give a mapping \{objective: weight\}"):
+        composer.generate("the cat", weights="s=1")
 
 
 @pytest.mark.parametrize(
@@ -100,6 +102,9 @@ def test_foreign_tokenizer_names_both_models_and_the_token(tiny):
         ({"max_new_tokens": 0}, "max_new_tokens=0"),
         ({"num_return_sequences": 3}, "needs do_sample=true"),
         ({"stop": [""]}, "non-empty strings"),
+        ({"stop": 3}, "must be a string or a list of strings"),
+        ({"seed": 1.5}, "seed=1.5 must be a whole number >= 0"),
+        ({"seed": "x"}, "seed='x'"),
     ],
 )
 def test_bad_decoding_settings(kwargs, message):
@@ -116,6 +121,27 @@ def test_other_mistakes(tiny):
         ModelSpec(tiny["base"], dtype="fp13")
     with one_line_error("objective name"):
         pair(tiny, name="bad name!")
+    with one_line_error("objective name 3"):
+        pair(tiny, name=3)
+    with one_line_error(r"bounds \(0,\) must be a pair"):
+        pair(tiny, bounds=(0,))
+    with one_line_error("the expert is a int; give a model path"):
+        Objective("s", 3, tiny["anti"])
+    with one_line_error("no prompts were given"):
+        Composer(tiny["base"]).generate([])
+    with one_line_error("no prompts were given"):
+        Composer(tiny["base"]).score([], [])
+    with one_line_error(r"continuation\(s\) \[0\] have no tokens"):
+        Composer(tiny["base"]).score(["the cat"], [" "])
+
+
+def test_convenient_spellings_mean_what_they_say(tiny):
+    """A string where a list or a Member is expected is taken as the one item a user meant."""
+    assert DecodingConfig(stop="\n\n").stop == ("\n\n",) and DecodingConfig(stop=None).stop == ()
+    by_path = Objective("s", tiny["expert_a"], ModelSpec(tiny["anti"]))
+    assert by_path == pair(tiny)
+    composer = Composer(tiny["base"], [guarded(tiny, weight=-1.0, protected=True)], override_guards="safety")
+    assert composer.override_guards == ("safety",)
 
 
 def guarded(tiny: dict, **kwargs) -> Objective:

@@ -87,6 +87,8 @@ def test_uncached_forward_refuses_what_it_cannot_compose(chat_composer):
     model = ComposedForCausalLM(chat_composer)
     with pytest.raises(UserInputError, match="uncached forward"):
         model(**encode(chat_composer, ["the cat"]))
+    with pytest.raises(UserInputError, match=r"steering_weights has shape \(1, 3\); give \(1, 2\)"):
+        model.generate(**encode(chat_composer, ["the cat"]), steering_weights=torch.ones(1, 3), max_new_tokens=2)
 
 
 def test_uncached_forward_keeps_positions_under_any_padding(tiny):
