@@ -1,5 +1,6 @@
 """The benchmark's baselines compute what they claim, so that its ratios compare like with like."""
 
+import pytest
 import torch
 
 from benchmarks.naive import naive_generate
@@ -46,3 +47,19 @@ def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     assert {"compose:k3", "compose:k3:graphs", "naive:k3", "speculative:k3"} <= set(cell["tokens_per_s"])
     assert all(0 < f < 1 for f in cell["fraction_of_floor"].values())
     assert "| 8, 4, 2 | compose:k3:graphs |" in (tmp_path / "gpu-smoke.md").read_text()
+
+
+def test_speculation_breakdown_counts_rounds_and_bonus_forwards(tmp_path):
+    """The cost breakdown's round count and bonus fraction agree with the draft's own statistics."""
+    from benchmarks.models import family_set
+    from benchmarks.speculation import measure
+
+    family = family_set()
+    objective = Objective("o", Member(ModelSpec(family.experts[0])), Member(ModelSpec(family.anti)))
+    composer = Composer(family.base, [objective])
+    composer.eos_ids = set()
+    cell = measure(composer, ["Question: how many apples"], 12, [2], repeats=1)
+    (row,) = cell["rows"]
+    assert row["tokens_per_round"] * row["rounds"] == pytest.approx(11)  # all but the prefill's token
+    assert 0 <= row["bonus_fraction"] <= 1
+    assert row["draft_ms_per_round"] > 0 and row["verify_ms_per_round"] > 0 and row["bound"] > 0
