@@ -18,6 +18,7 @@ _DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+_MAP_STRATEGIES = {"auto", "balanced", "balanced_low_0", "sequential"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,22 @@ class ModelSpec:
             raise UserInputError(f"model {self.path!r}: dtype {self.dtype!r} is unknown; use one of {sorted(_DTYPES)}")
         if self.device is not None and self.device_map is not None:
             raise UserInputError(f"model {self.path!r}: set either device or device_map, not both")
+        where = self.placement
+        if where is not None:
+            try:
+                torch.device(where)
+            except (RuntimeError, TypeError):
+                raise UserInputError(
+                    f"model {self.path!r}: {where!r} is not a device; use cpu, cuda, cuda:1 or mps"
+                    + (" (device_map: or auto, balanced, sequential)" if self.device_map else "")
+                ) from None
+
+    @property
+    def placement(self) -> str | None:
+        """The one device the model is asked to go to, if any (a device map's strategy is not one)."""
+        if self.device_map is not None and self.device_map not in _MAP_STRATEGIES:
+            return self.device_map
+        return self.device
 
     @property
     def name(self) -> str:
@@ -73,7 +90,9 @@ IN_MEMORY_PREFIX = "memory:"
 def register(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ModelSpec:
     """A spec for a model already in memory (built from a config, fine-tuned in a notebook), so that it
     composes without a round trip through the disk; its dtype and device are the model's own."""
-    spec = ModelSpec(IN_MEMORY_PREFIX + name)
+    dtype = next(model.parameters()).dtype
+    names = {value: key for key, value in _DTYPES.items()}
+    spec = ModelSpec(IN_MEMORY_PREFIX + name, dtype=names.get(dtype, "auto"))
     held = _IN_MEMORY.get(spec.path)
     if held is not None and held.model is not model:
         raise UserInputError(f"a model is already registered as {name!r}; register this one under another name")
@@ -93,11 +112,30 @@ def load(spec: ModelSpec) -> LoadedModel:
     return _load_cached(spec)
 
 
-@cache
-def _load_cached(spec: ModelSpec) -> LoadedModel:
+def check_folder(spec: ModelSpec) -> None:
+    """A path that names a folder (not a hub id such as 'org/name') must exist."""
     looks_like_path = spec.path.startswith((".", "/", "~")) or spec.path.count("/") > 1
     if looks_like_path and not os.path.isdir(os.path.expanduser(spec.path)):
         raise UserInputError(f"model {spec.path!r} not found: no such folder; give an existing folder or a hub id")
+
+
+def _check_available(spec: ModelSpec) -> None:
+    """A device that this machine lacks is the user's to change, not a traceback from deep in torch."""
+    if spec.placement is None:
+        return
+    device = torch.device(spec.placement)
+    count = {"cuda": torch.cuda.device_count, "mps": lambda: int(torch.backends.mps.is_available())}.get(device.type)
+    if count is not None and (device.index or 0) >= count():
+        raise UserInputError(
+            f"model {spec.path!r}: device {spec.placement!r} is not on this machine ({count()} {device.type} "
+            "device(s)); use another, or cpu"
+        )
+
+
+@cache
+def _load_cached(spec: ModelSpec) -> LoadedModel:
+    _check_available(spec)
+    check_folder(spec)
     kwargs: dict = {"trust_remote_code": spec.trust_remote_code, "revision": spec.revision}
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)

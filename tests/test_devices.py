@@ -36,6 +36,21 @@ def test_registering_another_model_under_a_taken_name_is_refused(tiny):
         Composer(ModelSpec("memory:test-nobody"))
 
 
+def test_a_registered_model_carries_its_own_dtype(tiny):
+    model = AutoModelForCausalLM.from_pretrained(tiny["anti"], dtype=torch.bfloat16)
+    assert register("test-bf16", model, AutoTokenizer.from_pretrained(tiny["anti"])).dtype == "bfloat16"
+
+
+def test_a_device_that_is_not_one_or_not_here_is_refused(tiny):
+    with pytest.raises(UserInputError, match="'gpu' is not a device; use cpu, cuda, cuda:1 or mps"):
+        ModelSpec(tiny["anti"], device="gpu")
+    with pytest.raises(UserInputError, match=r"device 'cuda:99' is not on this machine \(\d+ cuda device"):
+        Composer(ModelSpec(tiny["anti"], device="cuda:99"))
+    with pytest.raises(UserInputError, match="device 'cuda:99' is not on this machine"):
+        Composer(ModelSpec(tiny["anti"], device_map="cuda:99"))
+    assert ModelSpec(tiny["anti"], device_map="auto").placement is None
+
+
 def test_to_device_converts_on_the_host():
     values = torch.tensor([1.5, -2.25], dtype=torch.float64)
     out = to_device(values, torch.device("cpu"), torch.float32)
