@@ -31,6 +31,7 @@ from composer.plan import Plan
 from composer.runner import record_failure, run_job
 from composer.weights import row_weights
 from experts.errors import UserInputError
+from experts.loading import check_folder
 
 CONF_DIR = Path(__file__).parent / "_conf"  # a link to the repo's conf/ (a copy in the wheel)
 USER_ERRORS = (UserInputError, HydraException, OmegaConfBaseException)
@@ -79,9 +80,13 @@ def run(cfg: DictConfig) -> list[float] | None:
 
 
 def validate(overrides: list[str]) -> int:
-    """Compose every recipe and build its objects without loading weights; local model folders must exist."""
+    """Compose every recipe (those named by ``recipe=a,b`` if given; the user's on ``hydra.searchpath`` too) and
+    build its objects without loading weights; local model folders must exist."""
+    chosen = [o.split("=", 1)[1].split(",") for o in overrides if o.startswith("recipe=")]
+    overrides = [o for o in overrides if not o.startswith("recipe=")]
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        names = GlobalHydra.instance().config_loader().get_group_options("recipe")
+        loader = GlobalHydra.instance().config_loader()
+        names = chosen[-1] if chosen else loader.get_group_options("recipe", config_name="config", overrides=overrides)
         failures = 0
         for name in names:
             try:
@@ -102,8 +107,7 @@ def _describe(cfg: DictConfig) -> str:
     row_weights(objectives, 1, None, list(cfg.override_guards))  # bounds and protected objectives
     plan = Plan(base, objectives)
     for spec in plan.specs:
-        if spec.path.startswith("/") and not Path(spec.path).is_dir():
-            raise UserInputError(f"model folder {spec.path!r} does not exist")
+        check_folder(spec)
     return f"{len(objectives)} objective(s) {[o.name for o in objectives]}, {len(plan.specs)} unique model(s)"
 
 
@@ -139,6 +143,9 @@ def _in_config_library(frame: traceback.FrameSummary) -> bool:
 def _edge(command: Callable[[], int]) -> int:
     try:
         return command()
+    except BrokenPipeError:  # the reader went away (`proxy-compose report DIR | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as err:
         if not is_user_error(err):
             raise

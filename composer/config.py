@@ -8,6 +8,7 @@ call arbitrary code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,18 @@ def instantiate_allowed(key: str, node: Any, allow: list[str]) -> Any:
         if isinstance(err.__cause__, UserInputError):
             raise err.__cause__ from None
         cause = err.__cause__ or err
-        raise UserInputError(f"{key}: {_first_line(cause)}") from err
+        raise UserInputError(f"{key}: {_first_line(cause)}{_swap_hint(key, cause)}") from None
+
+
+def _swap_hint(key: str, cause: BaseException) -> str:
+    """Setting another class over a recipe's node merges in the old class's keys, which the new one refuses."""
+    stray = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+    if not isinstance(cause, TypeError) or stray is None:
+        return ""
+    hint = f"; {stray[1]!r} may be left from the class this one replaces: drop it with ~{key}.{stray[1]}"
+    if key.endswith(".schedule"):
+        hint += f", or pick a preset (schedules@{key}=NAME; in a recipe's defaults: override /schedules@{key}: NAME)"
+    return hint
 
 
 def _targets(node: Any) -> list[str]:
@@ -236,5 +248,8 @@ def _allowed(target: str, allow: list[str]) -> bool:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """The first line of the message, and the next if the first only introduces it ('Error loading X:')."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]

@@ -214,6 +214,32 @@ def test_validate_checks_every_recipe_without_loading_weights(capsys: pytest.Cap
     assert status == (0 if family_ready else 1)
 
 
+def test_validate_checks_the_recipes_named_and_the_users_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - /recipe/tiny\n  - _self_\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    validate([searchpath])
+    assert "mine:" in capsys.readouterr().out
+    validate(["recipe=mine,code_llama", searchpath])
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["mine:", "code_llama:"]
+    assert validate(["recipe=tiny", "base.path=./no-such-folder"]) == 1
+    assert "FAIL  tiny: model './no-such-folder' not found" in capsys.readouterr().out
+
+
+def test_swapping_a_recipes_schedule_class_says_how(tmp_path: Path):
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "ramp.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - /recipe/tiny\n  - _self_\n"
+        "objectives:\n  code:\n    schedule: {_target_: composer.schedules.Linear, steps: 4}\n"
+    )
+    cfg = compose_run("recipe=ramp", f"hydra.searchpath=[file://{tmp_path}]")
+    with pytest.raises(UserInputError, match=r"'value' may be left .* ~objectives.code.schedule.value, or pick a pre"):
+        build_objectives(cfg)
+    cfg = compose_run("recipe=tiny", "~objectives.code.schedule.value", "++objectives.code.schedule._target_="
+                      "composer.schedules.Linear", "++objectives.code.schedule.steps=4")  # fmt: skip
+    assert isinstance(next(o.schedule for o in build_objectives(cfg) if o.name == "code"), Linear)
+
+
 def test_guards_of_a_protected_objective_are_checked_before_loading(capsys: pytest.CaptureFixture[str]):
     cfg = compose_run("recipe=code_safety", "objectives.code.bounds=[0,2]")
     assert [(o.name, o.protected, o.bounds) for o in build_objectives(cfg)] == [
