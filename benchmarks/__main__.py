@@ -67,8 +67,9 @@ def main() -> None:
     parser.add_argument("--sets", nargs="*", help="model sets (random-10m, random-100m, family); default all found")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help=f"default {RESULTS} ({RESULTS / 'quick'} with --quick)")
     args = parser.parse_args()
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)  # a smoke run keeps the committed results
     torch.set_num_threads(args.threads)
     names = args.sets or (["random-10m"] if args.quick else ["random-10m", "family", "random-100m"])
     repeats = 1 if args.quick else args.repeats
@@ -96,11 +97,11 @@ def main() -> None:
         results["sets"].append({"name": name, "description": models.description, "cells": cells})
     memory = [("random-10m", 3, QUICK_CASES[0])] if args.quick else MEMORY
     results["memory"] = [memory_row(*m) for m in memory if m[0] != "family" or family_set()]
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=1)
-    (args.out / "latest.json").write_text(text)
-    (args.out / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text)
-    (args.out / "latest.md").write_text(markdown(results))
+    (out / "latest.json").write_text(text)
+    (out / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text)
+    (out / "latest.md").write_text(markdown(results))
     print(markdown(results))
 
 

@@ -8,10 +8,10 @@ the weights held, so that a stack kept after its job shows as growth. Prints one
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from benchmarks.cases import MAX_K, Case, fixed_length, objectives, prompts  # noqa: E402
 from benchmarks.memory import weight_bytes  # noqa: E402
-from benchmarks.models import family_set, random_set  # noqa: E402
+from benchmarks.models import RANDOM_SETS, family_set, random_set  # noqa: E402
 from composer import Composer, DecodingConfig  # noqa: E402
 
 CASE = Case(16, 4, 2)
@@ -53,8 +53,11 @@ def sweep(name: str) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("set", nargs="?", default="random-100m", choices=["family", *RANDOM_SETS])
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    print(json.dumps(sweep(sys.argv[1] if len(sys.argv) > 1 else "random-100m")))
+    print(json.dumps(sweep(args.set)))
 
 
 if __name__ == "__main__":
