@@ -151,8 +151,8 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         composer, plan = self.composer, self.composer.plan
         if any(not isinstance(f, Raw) for formats in plan.formats for f in formats):
             raise UserInputError(
-                "an uncached forward cannot apply chat or template formats; use Composer.score, the 'composer' "
-                "lm-eval model, or generate() with its cache"
+                "an uncached forward cannot apply chat or template formats; use Composer.score, the "
+                "'proxy-composer' lm-eval model, or generate() with its cache"
             )
         if any(not isinstance(o.schedule, Constant) for o in plan.objectives):
             raise UserInputError("an uncached forward cannot place schedule steps; use generate() with its cache")

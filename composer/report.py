@@ -32,6 +32,8 @@ class Job:
     higher_is_better: dict[str, bool]
     error: str = ""
     pareto: bool = False
+    tokens_per_s: float | None = None  # decoding speed, so that a sweep over decoding settings compares speeds
+    acceptance: float | None = None  # speculative decoding's acceptance rate
 
 
 @dataclass
@@ -95,6 +97,8 @@ def _read_job(folder: Path) -> Job:
         data.get("metrics", {}),
         data.get("higher_is_better", {}),
         data.get("error", ""),
+        tokens_per_s=data.get("tokens_per_s"),
+        acceptance=data.get("speculative", {}).get("acceptance_rate"),
     )
 
 
@@ -122,20 +126,31 @@ def _mark_pareto(jobs: list[Job], objectives: list[str], higher: dict[str, bool]
 
 def _row(report: Report, job: Job) -> list[str]:
     values = [f"{job.metrics[n]:.4g}" if n in job.metrics else "" for n in report.objectives]
-    return [job.name, job.status, " ".join(job.overrides), *values, "yes" if job.pareto else "", job.error]
+    speed = [_number(job.tokens_per_s, ".1f"), *([_number(job.acceptance, ".2f")] if _speculative(report) else [])]
+    return [job.name, job.status, " ".join(job.overrides), *values, *speed, "yes" if job.pareto else "", job.error]
 
 
-def _header(report: Report) -> list[str]:
-    arrows = [
-        f"{n} ({'higher' if report.higher_is_better.get(n, True) else 'lower'} is better)" for n in report.objectives
+def _header(report: Report, arrows: bool = True) -> list[str]:
+    names = [
+        f"{n} ({'higher' if report.higher_is_better.get(n, True) else 'lower'} is better)" if arrows else n
+        for n in report.objectives
     ]
-    return ["job", "status", "overrides", *arrows, "pareto", "error"]
+    speed = ["tokens/s", *(["acceptance"] if _speculative(report) else [])]
+    return ["job", "status", "overrides", *names, *speed, "pareto", "error"]
+
+
+def _speculative(report: Report) -> bool:
+    return any(job.acceptance is not None for job in report.jobs)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
 
 
 def write_csv(report: Report, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["job", "status", "overrides", *report.objectives, "pareto", "error"])
+        writer.writerow(_header(report, arrows=False))
         writer.writerows(_row(report, job) for job in report.jobs)
 
 

@@ -51,7 +51,11 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
     check_weights(items, [o.name for o in composer.objectives])
     finished = {record["id"] for record in done}
     todo = [item for item in items if item.id not in finished]
-    records = done + run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done), draft)
+    decoding_started = time.monotonic()
+    new = run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done), draft)
+    decoding_seconds = time.monotonic() - decoding_started
+    records = done + new
+    tokens = sum(sum(r["tokens"]) if isinstance(r["tokens"], list) else r["tokens"] for r in new)
     summary = {
         "status": "ok",
         "overrides": list(overrides),
@@ -65,6 +69,8 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
         "records": len(records),
         "output": str(output),
         "seconds": round(time.monotonic() - started, 3),
+        # this run's prompts only (a resumed run's earlier records are not timed again)
+        "tokens_per_s": round(tokens / decoding_seconds, 2) if new else None,
     }
     if draft is not None:
         summary["speculative"] = {
@@ -94,11 +100,16 @@ def load_prompts(inline: list[str], path: str | None) -> list[PromptItem]:
         return read_prompt_file(Path(path))
     if not inline:
         raise UserInputError("no prompts: give prompts=[...] or prompts_file=PATH (.txt or .jsonl)")
+    empty = [i for i, p in enumerate(inline, start=1) if not p]
+    if empty:
+        raise UserInputError(f"prompts: prompt {empty[0]} (counting from 1) is empty; give it some text")
     return [PromptItem(id=i, prompt=p) for i, p in enumerate(inline, start=1)]
 
 
 def read_prompt_file(path: Path) -> list[PromptItem]:
     """A .jsonl file of {"id", "prompt", "weights"?} records, or a text file with one prompt a line (id = line)."""
+    if path.is_dir():
+        raise UserInputError(f"prompts_file {str(path)!r} is a folder; give a .txt or .jsonl file")
     if not path.is_file():
         raise UserInputError(f"prompts_file {str(path)!r} not found")
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -133,8 +144,8 @@ def _jsonl_item(path: Path, n: int, line: str) -> PromptItem:
         raise UserInputError(f"{where}: missing 'id'; every record needs a unique id, so that a run can resume")
     if isinstance(data["id"], bool) or not isinstance(data["id"], str | int):
         raise UserInputError(f"{where}: id {data['id']!r} must be a string or a whole number")
-    if not isinstance(data.get("prompt"), str):
-        raise UserInputError(f"{where}: 'prompt' must be a string")
+    if not isinstance(data.get("prompt"), str) or not data["prompt"]:
+        raise UserInputError(f"{where}: 'prompt' must be a non-empty string")
     weights = data.get("weights")
     if weights is not None and not isinstance(weights, dict):
         raise UserInputError(f"{where}: 'weights' must be an object of objective name -> number")
@@ -154,7 +165,14 @@ def check_weights(items: Sequence[PromptItem], names: list[str]) -> None:
 def prepare_output(output: Path, resume: bool) -> list[dict[str, Any]]:
     """The records already finished (with resume), after cutting off a last line torn by a kill."""
     if not output.exists():
-        output.parent.mkdir(parents=True, exist_ok=True)
+        try:  # fail now, not after the models load: create the file once to learn that it can be
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.touch()
+            output.unlink()
+        except OSError as err:
+            raise UserInputError(
+                f"output {str(output)!r} cannot be written ({err.strerror or err}); choose another output"
+            ) from None
         return []
     if not resume:
         raise UserInputError(f"output {str(output)!r} exists; pass resume=true to finish it, or choose another output")
@@ -217,7 +235,7 @@ def _generate(
 
 
 def _record(item: PromptItem, completions: list[Completion], trace: bool) -> dict[str, Any]:
-    """One prompt's record; with num_return_sequences > 1, text, finish_reason and trace are lists."""
+    """One prompt's record; with num_return_sequences > 1, text, finish_reason, tokens and trace are lists."""
     pick: Callable[[list[Any]], Any] = (lambda values: values[0]) if len(completions) == 1 else list
     record = {
         "id": item.id,
@@ -225,6 +243,7 @@ def _record(item: PromptItem, completions: list[Completion], trace: bool) -> dic
         "text": pick([c.text for c in completions]),
         "weights": completions[0].weights,
         "finish_reason": pick([c.finish_reason for c in completions]),
+        "tokens": pick([len(c.token_ids) for c in completions]),
     }
     if completions[0].guards_overridden:
         record["guards_overridden"] = completions[0].guards_overridden

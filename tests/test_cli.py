@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from composer.report import build_report
+from composer.report import build_report, markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,6 +109,21 @@ def test_a_sweep_over_speculation_writes_the_same_greedy_text_and_reports_accept
     metrics = [json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1")]
     assert "speculative" not in metrics[0]
     assert metrics[1]["speculative"]["gamma"] == 3 and 1 <= metrics[1]["speculative"]["tokens_per_round"] <= 4
+    assert all(r["tokens"] == 12 for r in plain)  # no end-of-sequence in 12 tokens of the toy models
+    report = build_report(sweep)  # the sweep's own table compares the speeds
+    assert all(job.tokens_per_s > 0 for job in report.jobs)
+    assert [job.acceptance for job in report.jobs][0] is None and report.jobs[1].acceptance >= 0
+    assert "| tokens/s | acceptance | pareto |" in markdown(report).splitlines()[0]
+
+
+def test_a_sweep_runs_on_the_joblib_launcher(plugin: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    result = cli(
+        "-m", "recipe=toy", f"hydra.searchpath=[file://{plugin}]", f"hydra.sweep.dir={sweep}",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "objectives.helpful.weight=0,2", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [job.status for job in build_report(sweep).jobs] == ["ok", "ok"]
 
 
 @pytest.mark.parametrize(
@@ -116,6 +131,9 @@ def test_a_sweep_over_speculation_writes_the_same_greedy_text_and_reports_accept
     [
         ("objectives.math.wieght=2", "error: Could not override 'objectives.math.wieght'."),
         ("prompts_file=missing.txt", "error: prompts_file 'missing.txt' not found"),
+        ("prompts_file=.", "error: prompts_file '.' is a folder"),
+        ("output=/proc/no/out.jsonl", "error: output '/proc/no/out.jsonl' cannot be written"),
+        ("base.device=gpu", "error: model"),
     ],
 )
 def test_a_user_mistake_prints_one_line_and_exits_2(override: str, message: str, tmp_path: Path):
