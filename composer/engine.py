@@ -263,6 +263,7 @@ class Composer:
             [o.name for o in self.objectives],
             token,
             self.tokenizer.convert_ids_to_tokens(token),
+            self.tokenizer.decode([token]),
         )
 
 

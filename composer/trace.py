@@ -10,7 +10,8 @@ import torch
 @dataclass(frozen=True)
 class TokenTrace:
     token_id: int
-    token: str
+    token: str  # the vocabulary's own piece ('Ġthe' in byte-level BPE)
+    text: str  # what it reads as (' the')
     contributions: dict[str, float]  # objective -> w_k * (s_expert_k - s_anti_k) at the chosen token
     base_rank: int  # 0 = the base's own top-1
     composed_rank: int
@@ -26,6 +27,7 @@ def trace_row(
     names: list[str],
     token_id: int,
     token: str,
+    text: str,
 ) -> TokenTrace:
     """logits, base: (V,); experts, antis: (K, V); weights: (K,)."""
     delta = experts[:, token_id] - antis[:, token_id]
@@ -33,6 +35,7 @@ def trace_row(
     return TokenTrace(
         token_id=token_id,
         token=token,
+        text=text,
         contributions=dict(zip(names, contributions, strict=True)),
         base_rank=int((base > base[token_id]).sum()),
         composed_rank=int((logits > logits[token_id]).sum()),

@@ -164,3 +164,13 @@ def test_trace_explains_each_token(tiny):
     assert set(first.contributions) == {"safety", "code", "truth"}
     assert first.token_id == out.token_ids[0] and first.composed_rank == 0
     assert first.flipped_top1 == (first.base_rank != 0)
+
+
+def test_a_trace_shows_each_token_as_it_reads():
+    """Byte-level BPE pieces ('Ġthe') come with their text (' the'), which joins into the completion."""
+    from experts.family import BASE, MODELS_DIR
+
+    composer = Composer(str(MODELS_DIR / BASE))
+    out = composer.generate("Question: what is 2 + 3?\nAnswer:", DecodingConfig(max_new_tokens=8), trace=True)[0]
+    assert any(t.token.startswith("Ġ") for t in out.trace)
+    assert "".join(t.text for t in out.trace).startswith(out.text)
