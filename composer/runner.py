@@ -215,7 +215,9 @@ def run_prompts(
                 sink.flush()
                 os.fsync(sink.fileno())
                 records.append(record)
-                bar.write(f"[{record['id']}] {_first(record['text'])}")
+                texts = record["text"] if isinstance(record["text"], list) else [record["text"]]
+                for k, text in enumerate(texts, start=1):
+                    bar.write(f"[{record['id']}{f'#{k}' if len(texts) > 1 else ''}] {text}")
                 bar.update()
             if draft is not None:
                 stats = draft.stats

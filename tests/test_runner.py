@@ -93,3 +93,12 @@ def test_run_prompts_appends_one_flushed_record_per_prompt_with_its_weights(tiny
         len(r["trace"]) == len(composer.tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in lines
     )
     assert {r["finish_reason"] for r in lines} <= {"eos", "length"}
+
+
+def test_several_samples_are_each_shown_and_recorded(tiny: dict[str, str], tmp_path: Path, capsys):
+    composer = Composer(tiny["base"])
+    config = DecodingConfig(max_new_tokens=3, do_sample=True, seed=0, num_return_sequences=2)
+    (record,) = run_prompts(composer, [PromptItem("a", "the cat")], config, tmp_path / "out.jsonl", 1, False)
+    assert len(record["text"]) == len(record["tokens"]) == len(record["finish_reason"]) == 2
+    shown = capsys.readouterr()
+    assert all(f"[a#{k}] {text}" in shown.out + shown.err for k, text in enumerate(record["text"], start=1))
