@@ -88,8 +88,8 @@ def measure(composer: Composer, texts: list[str], new: int, gammas: list[int], r
         bonus = (spent["draft calls"] / units - spent["drafted"]) / rounds  # rounds that ran the bonus position
         draft_ms, verify_ms = 1e3 * spent["draft"] / rounds, 1e3 * spent["verify"] / rounds
         rest_ms = 1e3 * total / rounds - draft_ms - verify_ms
-        per_call = 1e3 * spent["draft"] * units / spent["draft calls"]  # one draft step, all draft units
-        full_round = draft_ms + per_call * (1 - bonus) + verify_ms + rest_ms
+        draft_step_ms = 1e3 * spent["draft"] * units / spent["draft calls"]  # one step of all the draft's units
+        full_round = (gamma + 1) * draft_step_ms + verify_ms + rest_ms  # gamma drafts and the bonus position
         rows.append(
             {
                 "gamma": gamma,
@@ -99,6 +99,7 @@ def measure(composer: Composer, texts: list[str], new: int, gammas: list[int], r
                 "tokens_per_round": draft.stats.tokens_per_round,
                 "rounds": rounds,
                 "bonus_fraction": bonus,
+                "draft_step_ms": draft_step_ms,
                 "draft_ms_per_round": draft_ms,
                 "verify_ms_per_round": verify_ms,
                 "rest_ms_per_round": rest_ms,
