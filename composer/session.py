@@ -194,6 +194,10 @@ class Session:
         """Keep, reorder or repeat prompts: ``index`` (B',) picks rows of the current batch."""
         for unit in self.units:
             unit.stream.select(unit.rows_of(index, self.batch))
+        picked = index.tolist()
+        self.rows = [  # format-major, as the streams' rows, so that a later start or tail_logits sees them
+            [group[f * self.batch + i] for f in range(len(group) // self.batch) for i in picked] for group in self.rows
+        ]
         self.row_weights = self.row_weights[:, index.to(self.row_weights.device)]
         self.steps = self.steps[index.cpu()]
         self.batch = index.shape[0]

@@ -174,3 +174,13 @@ def test_a_trace_shows_each_token_as_it_reads():
     out = composer.generate("Question: what is 2 + 3?\nAnswer:", DecodingConfig(max_new_tokens=8), trace=True)[0]
     assert any(t.token.startswith("Ġ") for t in out.trace)
     assert "".join(t.text for t in out.trace).startswith(out.text)
+
+
+def test_a_session_keeps_its_prompts_in_step_with_select(tiny):
+    """After select, a fresh start (or scoring over the rows) sees the selected prompts, in their new order."""
+    composer = Composer(tiny["base"], three_objectives(tiny))
+    session = composer.session(["the cat sat", "hello world", "a dog ran to"])
+    session.start()
+    session.select(torch.tensor([2, 0]))
+    expected = composer.session(["a dog ran to", "the cat sat"]).start().logits
+    torch.testing.assert_close(session.start().logits, expected)
