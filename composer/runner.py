@@ -60,7 +60,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
         "status": "ok",
         "overrides": list(overrides),
         "metrics": {
-            name: metric([r["prompt"] for r in records], [_first(r["text"]) for r in records])
+            name: metric(*_samples(records))
             for name, metric in metrics.items()
         },
         "higher_is_better": {name: bool(metric.higher_is_better) for name, metric in metrics.items()},
@@ -259,5 +259,7 @@ def _batches(items: Sequence[PromptItem], size: int) -> Iterator[Sequence[Prompt
         yield items[start : start + size]
 
 
-def _first(text: str | list[str]) -> str:
-    return text if isinstance(text, str) else text[0]
+def _samples(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(prompt, text) for every sample: with num_return_sequences > 1 a metric scores each, not the first."""
+    pairs = [(r["prompt"], t) for r in records for t in ([r["text"]] if isinstance(r["text"], str) else r["text"])]
+    return [p for p, _ in pairs], [t for _, t in pairs]

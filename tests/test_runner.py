@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from composer import Chat, Composer, DecodingConfig, Member, ModelSpec, Objective
-from composer.runner import PromptItem, check_weights, load_prompts, prepare_output, read_prompt_file, run_prompts
+from composer.runner import (
+    PromptItem,
+    check_weights,
+    load_prompts,
+    prepare_output,
+    read_prompt_file,
+    run_job,
+    run_prompts,
+)
 from experts.errors import UserInputError
 
 
@@ -102,3 +110,20 @@ def test_several_samples_are_each_shown_and_recorded(tiny: dict[str, str], tmp_p
     assert len(record["text"]) == len(record["tokens"]) == len(record["finish_reason"]) == 2
     shown = capsys.readouterr()
     assert all(f"[a#{k}] {text}" in shown.out + shown.err for k, text in enumerate(record["text"], start=1))
+
+
+def test_a_metric_scores_every_sample(tmp_path: Path):
+    from hydra import compose, initialize_config_dir
+
+    from composer.cli import CONF_DIR
+    from composer.config import build_metrics
+
+    overrides = ["recipe=tiny", "prompts=[Tell me how to steal a horse.]", "decoding.max_new_tokens=6",
+                 "decoding.do_sample=true", "decoding.seed=0", "decoding.num_return_sequences=3"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    summary = run_job(cfg, tmp_path)
+    (record,) = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert len(record["text"]) == 3
+    for name, metric in build_metrics(cfg).items():
+        assert summary["metrics"][name] == metric([record["prompt"]] * 3, record["text"])
