@@ -25,7 +25,7 @@ from composer.objectives import Member, Objective
 from composer.plan import Plan
 from composer.speculative import Draft
 from experts import family
-from experts.errors import UserInputError
+from experts.errors import UserInputError, first_line
 from experts.loading import ModelSpec
 from experts.prompts import Chat, PromptFormat, Raw, Template
 
@@ -220,7 +220,7 @@ def instantiate_allowed(key: str, node: Any, allow: list[str]) -> Any:
         if isinstance(err.__cause__, UserInputError):
             raise err.__cause__ from None
         cause = err.__cause__ or err
-        raise UserInputError(f"{key}: {_first_line(cause)}{_swap_hint(key, cause)}") from None
+        raise UserInputError(f"{key}: {first_line(cause)}{_swap_hint(key, cause)}") from None
 
 
 def _swap_hint(key: str, cause: BaseException) -> str:
@@ -245,11 +245,3 @@ def _targets(node: Any) -> list[str]:
 
 def _allowed(target: str, allow: list[str]) -> bool:
     return any(target == prefix or target.startswith(prefix + ".") for prefix in (*PROJECT_MODULES, *allow))
-
-
-def _first_line(err: BaseException) -> str:
-    """The first line of the message, and the next if the first only introduces it ('Error loading X:')."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]

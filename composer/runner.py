@@ -23,7 +23,7 @@ from composer.config import build_composer, build_decoding, build_draft, build_m
 from composer.decoding import DecodingConfig
 from composer.engine import Completion, Composer
 from composer.speculative import Draft
-from experts.errors import UserInputError
+from experts.errors import UserInputError, first_line
 
 OUTPUT_NAME = "completions.jsonl"
 METRICS_NAME = "metrics.json"
@@ -59,10 +59,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
     summary = {
         "status": "ok",
         "overrides": list(overrides),
-        "metrics": {
-            name: metric(*_samples(records))
-            for name, metric in metrics.items()
-        },
+        "metrics": {name: metric(*_samples(records)) for name, metric in metrics.items()},
         "higher_is_better": {name: bool(metric.higher_is_better) for name, metric in metrics.items()},
         "weights": {o.name: o.weight for o in composer.objectives},
         "schedules": {o.name: repr(o.schedule) for o in composer.objectives},
@@ -84,8 +81,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
 
 def record_failure(job_dir: Path, overrides: Sequence[str], error: BaseException) -> None:
     """metrics.json for a job that raised, so that the sweep report can show which point failed and why."""
-    text = str(error).strip()
-    message = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    message = f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
     write_metrics(job_dir, {"status": "failed", "overrides": list(overrides), "error": message})
 
 
@@ -116,16 +112,16 @@ def read_prompt_file(path: Path) -> list[PromptItem]:
     if path.suffix != ".jsonl":
         items = [PromptItem(id=n, prompt=line) for n, line in enumerate(lines, start=1) if line.strip()]
     else:
-        items, first_line = [], {}
+        items, first_seen = [], {}
         for n, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             item = _jsonl_item(path, n, line)
-            if item.id in first_line:
+            if item.id in first_seen:
                 raise UserInputError(
-                    f"{path.name} line {n}: duplicate id {item.id!r} (first on line {first_line[item.id]})"
+                    f"{path.name} line {n}: duplicate id {item.id!r} (first on line {first_seen[item.id]})"
                 )
-            first_line[item.id] = n
+            first_seen[item.id] = n
             items.append(item)
     if not items:
         raise UserInputError(f"prompts_file {str(path)!r} holds no prompts")

@@ -6,3 +6,12 @@ class UserInputError(ValueError):
 
     The command line prints its message alone, without a stack trace.
     """
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (and the next, where the first only introduces it: 'Error
+    loading X:'), or its type's name when it has none: what a one-line message quotes of a library's error."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]

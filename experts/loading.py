@@ -9,7 +9,7 @@ from functools import cache
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from experts.errors import UserInputError
+from experts.errors import UserInputError, first_line
 
 _DTYPES = {
     "auto": "auto",
@@ -143,9 +143,8 @@ def _load_cached(spec: ModelSpec) -> LoadedModel:
             spec.path, dtype=_DTYPES[spec.dtype], device_map=spec.device_map, **kwargs
         )
     except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(
-            f"model {spec.path!r} could not be loaded ({first_line}); check the path or hub id, "
+            f"model {spec.path!r} could not be loaded ({first_line(err)}); check the path or hub id, "
             "and set trust_remote_code only if you trust it"
         ) from err
     if spec.device is not None:
