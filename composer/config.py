@@ -25,7 +25,7 @@ from composer.objectives import Member, Objective
 from composer.plan import Plan
 from composer.speculative import Draft
 from experts import family
-from experts.errors import UserInputError, first_line
+from experts.errors import UserInputError, check_whole, first_line
 from experts.loading import ModelSpec
 from experts.prompts import Chat, PromptFormat, Raw, Template
 
@@ -153,8 +153,7 @@ def build_decoding(cfg: DictConfig) -> DecodingConfig:
 def build_draft(cfg: DictConfig) -> Draft | None:
     """The speculative draft the run asks for (``speculative.gamma`` > 0), or None."""
     node = cfg.speculative
-    if isinstance(node.gamma, bool) or node.gamma < 0:
-        raise UserInputError(f"speculative.gamma={node.gamma!r} must be a whole number >= 0 (0: no speculation)")
+    check_whole("speculative.gamma", node.gamma, minimum=0, hint=" (0: no speculation)")
     if node.gamma == 0:
         return None
     if node.draft is not None and node.draft not in cfg.objectives:

@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from composer.session import Session
-from experts.errors import UserInputError
+from experts.errors import UserInputError, check_whole
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,11 @@ class DecodingConfig:
             raise UserInputError(f"decoding.stop={self.stop!r} must be a string or a list of strings")
         object.__setattr__(self, "stop", tuple(stop))
         if self.seed is not None:
-            _whole("seed", self.seed, minimum=0)
-        _whole("max_new_tokens", self.max_new_tokens, minimum=1)
-        _whole("num_return_sequences", self.num_return_sequences, minimum=1)
+            check_whole("decoding.seed", self.seed, minimum=0)
+        check_whole("decoding.max_new_tokens", self.max_new_tokens, minimum=1)
+        check_whole("decoding.num_return_sequences", self.num_return_sequences, minimum=1)
         if self.top_k is not None:
-            _whole("top_k", self.top_k, minimum=1)
+            check_whole("decoding.top_k", self.top_k, minimum=1)
         _number("temperature", self.temperature, low=0.0, low_open=True)
         if self.top_p is not None:
             _number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
@@ -102,11 +102,6 @@ def drop_finished(
     index = torch.tensor(keep)
     session.select(index)
     return rows[index], tuple(t.index_select(0, index.to(t.device)) for t in per_row)
-
-
-def _whole(key: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserInputError(f"decoding.{key}={value!r} must be a whole number >= {minimum}")
 
 
 def _number(key: str, value: object, low: float, high: float = math.inf, low_open: bool = False) -> None:

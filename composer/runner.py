@@ -23,7 +23,7 @@ from composer.config import build_composer, build_decoding, build_draft, build_m
 from composer.decoding import DecodingConfig
 from composer.engine import Completion, Composer
 from composer.speculative import Draft
-from experts.errors import UserInputError, first_line
+from experts.errors import UserInputError, check_whole, first_line
 
 OUTPUT_NAME = "completions.jsonl"
 METRICS_NAME = "metrics.json"
@@ -44,8 +44,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
     metrics = build_metrics(cfg)
     decoding = build_decoding(cfg)
     draft = build_draft(cfg)
-    if cfg.batch_size < 1:
-        raise UserInputError(f"batch_size={cfg.batch_size} must be a whole number >= 1")
+    check_whole("batch_size", cfg.batch_size, minimum=1)
     done = prepare_output(output, cfg.resume)
     composer = build_composer(cfg)
     check_weights(items, [o.name for o in composer.objectives])

@@ -10,18 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from experts.errors import UserInputError
+from experts.errors import UserInputError, check_whole
 
 
 def _finite(owner: str, **values: float) -> None:
     for key, value in values.items():
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise UserInputError(f"{owner}: {key}={value!r} must be a finite number")
-
-
-def _positive_steps(owner: str, steps: int) -> None:
-    if not isinstance(steps, int) or steps < 1:
-        raise UserInputError(f"{owner}: steps={steps!r} must be a whole number >= 1")
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,7 @@ class Linear:
 
     def __post_init__(self) -> None:
         _finite("linear schedule", start=self.start, end=self.end)
-        _positive_steps("linear schedule", self.steps)
+        check_whole("linear schedule: steps", self.steps, minimum=1)
 
     def __call__(self, t: int) -> float:
         frac = min(t, self.steps) / self.steps
@@ -68,7 +63,7 @@ class Cosine:
 
     def __post_init__(self) -> None:
         _finite("cosine schedule", start=self.start, end=self.end)
-        _positive_steps("cosine schedule", self.steps)
+        check_whole("cosine schedule: steps", self.steps, minimum=1)
 
     def __call__(self, t: int) -> float:
         frac = min(t, self.steps) / self.steps
@@ -87,7 +82,7 @@ class Warmup:
 
     def __post_init__(self) -> None:
         _finite("warmup schedule", value=self.value)
-        _positive_steps("warmup schedule", self.steps)
+        check_whole("warmup schedule: steps", self.steps, minimum=1)
 
     def __call__(self, t: int) -> float:
         return self.value * min(t, self.steps) / self.steps

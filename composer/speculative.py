@@ -22,7 +22,7 @@ from composer.decoding import DecodingConfig, choose, drop_finished
 from composer.objectives import Member
 from composer.plan import Plan, Slot
 from composer.session import Composed, Session
-from experts.errors import UserInputError
+from experts.errors import UserInputError, check_whole
 from experts.loading import ModelSpec
 
 
@@ -59,8 +59,7 @@ class Draft:
             object.__setattr__(self, "model", os.fspath(self.model))
         if self.model is not None and type(self.model) not in (str, ModelSpec, Member):
             raise UserInputError(f"draft model {self.model!r}: give a model path, a ModelSpec or a Member")
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, int) or self.gamma < 1:
-            raise UserInputError(f"draft gamma={self.gamma!r} must be a whole number >= 1")
+        check_whole("draft gamma", self.gamma, minimum=1)
 
     def slot(self, plan: Plan) -> Slot:
         """The draft's base among the plan's streams, so that it costs no extra model."""

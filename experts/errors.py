@@ -15,3 +15,10 @@ def first_line(err: BaseException) -> str:
     if not lines:
         return type(err).__name__
     return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+
+
+def check_whole(label: str, value: object, minimum: int, hint: str = "") -> None:
+    """Refuse anything but an int >= ``minimum`` (a bool, a float such as 2.5, text): '{label}={value} must be
+    a whole number >= {minimum}'."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserInputError(f"{label}={value!r} must be a whole number >= {minimum}{hint}")
