@@ -258,3 +258,15 @@ def test_the_tiny_recipe_composes_with_the_weights_the_evaluation_measured():
 
     cfg = compose_run("recipe=tiny")
     assert {o.name: o.weight for o in build_objectives(cfg)} == MULTI_WEIGHTS
+
+
+def test_the_decoding_schema_mirrors_decoding_config_field_for_field():
+    """Hydra needs a schema of plain types (a list for stop); the two cannot drift apart unnoticed."""
+    from dataclasses import fields
+
+    from composer.config import DecodingSchema
+    from composer.decoding import DecodingConfig
+
+    schema = DecodingConfig(**{**vars(DecodingSchema()), "stop": tuple(DecodingSchema().stop)})
+    assert [f.name for f in fields(DecodingSchema)] == [f.name for f in fields(DecodingConfig)]
+    assert schema == DecodingConfig()
