@@ -20,6 +20,8 @@ import hydra
 import transformers
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -82,8 +84,9 @@ def run(cfg: DictConfig) -> list[float] | None:
 def validate(overrides: list[str]) -> int:
     """Compose every recipe (those named by ``recipe=a,b`` if given; the user's on ``hydra.searchpath`` too) and
     build its objects without loading weights; local model folders must exist."""
-    chosen = [o.split("=", 1)[1].split(",") for o in overrides if o.startswith("recipe=")]
-    overrides = [o for o in overrides if not o.startswith("recipe=")]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    chosen = [_names(o) for o in parsed if o.key_or_group == "recipe"]
+    overrides = [text for text, o in zip(overrides, parsed, strict=True) if o.key_or_group != "recipe"]
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         names = chosen[-1] if chosen else loader.get_group_options("recipe", config_name="config", overrides=overrides)
@@ -97,6 +100,14 @@ def validate(overrides: list[str]) -> int:
                 failures += 1
                 print(f"FAIL  {name}: {one_line(err)}")
     return 1 if failures else 0
+
+
+def _names(override: Override) -> list[str]:
+    """The recipes an override names: recipe=a, recipe=a,b (a sweep) or recipe=[a,b]."""
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    value = override.value()
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def _describe(cfg: DictConfig) -> str:
@@ -145,7 +156,7 @@ def _edge(command: Callable[[], int]) -> int:
         return command()
     except BrokenPipeError:  # the reader went away (`proxy-compose report DIR | head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 0
     except Exception as err:
         if not is_user_error(err):
             raise

@@ -37,11 +37,11 @@ class DecodingConfig:
 
     def __post_init__(self) -> None:
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
-        if not isinstance(stop, Iterable):
+        if not isinstance(stop, Iterable) or isinstance(stop, bytes):
             raise UserInputError(f"decoding.stop={self.stop!r} must be a string or a list of strings")
         object.__setattr__(self, "stop", tuple(stop))
         if self.seed is not None:
-            check_whole("decoding.seed", self.seed, minimum=0)
+            check_whole("decoding.seed", self.seed, minimum=0, maximum=2**64 - 1)  # torch.manual_seed's range
         check_whole("decoding.max_new_tokens", self.max_new_tokens, minimum=1)
         check_whole("decoding.num_return_sequences", self.num_return_sequences, minimum=1)
         if self.top_k is not None:

@@ -150,7 +150,7 @@ class Composer:
                     continue  # a speculative round can run past a row's end; those tokens are thrown away
                 tokens[row].append(token)
                 if trace:
-                    traces[row].append(self._trace(composed, i, token))
+                    traces[row].append(self._trace(composed, i, tokens[row]))
                 reasons[row] = self._finish_reason(token, tokens[row], config)
                 if reasons[row] != "length":
                     finished.add(row)
@@ -250,10 +250,17 @@ class Composer:
         found = [text.find(s) for s in config.stop if s in text]
         if found:
             return text[: min(found)]
-        # the stop is a special token (found with specials kept, as _finish_reason looks): the tokens before it
-        return self.tokenizer.decode(tokens[:-1], skip_special_tokens=True)
+        # the stop holds a special token (found with specials kept, as _finish_reason looks): show the tokens
+        # that end before it starts
+        kept = self.tokenizer.decode(tokens)
+        start = min(kept.find(s) for s in config.stop if s in kept)
+        before = max(k for k in range(len(tokens)) if len(self.tokenizer.decode(tokens[:k])) <= start)
+        return self.tokenizer.decode(tokens[:before], skip_special_tokens=True)
 
-    def _trace(self, composed: Composed, row: int, token: int) -> TokenTrace:
+    def _trace(self, composed: Composed, row: int, tokens: list[int]) -> TokenTrace:
+        """The last of ``tokens`` explained; its text is what it adds to the decoded text, as streaming shows it
+        (decoded alone, a SentencePiece token loses its leading space)."""
+        token = tokens[-1]
         return trace_row(
             composed.logits[row, -1],
             composed.base[row, -1],
@@ -263,7 +270,7 @@ class Composer:
             [o.name for o in self.objectives],
             token,
             self.tokenizer.convert_ids_to_tokens(token),
-            self.tokenizer.decode([token]),
+            self.tokenizer.decode(tokens)[len(self.tokenizer.decode(tokens[:-1])) :],
         )
 
 

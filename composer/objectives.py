@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from composer.schedules import Constant, Schedule
@@ -22,8 +24,8 @@ class Member:
 
 def as_member(value: Member | ModelSpec | str, role: str) -> Member:
     """A model path or spec seen raw; a Member as it is."""
-    if isinstance(value, str):
-        value = ModelSpec(value)
+    if isinstance(value, str | os.PathLike):
+        value = ModelSpec(os.fspath(value))
     if isinstance(value, ModelSpec):
         return Member(value)
     if not isinstance(value, Member):
@@ -51,7 +53,7 @@ class Objective:
         object.__setattr__(self, "anti", as_member(self.anti, f"objective {name!r}: the anti-expert"))
         check_weight(name, self.weight)
         if self.bounds is not None:
-            if isinstance(self.bounds, str) or len(self.bounds) != 2:
+            if not isinstance(self.bounds, Sequence) or isinstance(self.bounds, str) or len(self.bounds) != 2:
                 raise UserInputError(f"objective {name!r}: bounds {self.bounds!r} must be a pair [low, high]")
             object.__setattr__(self, "bounds", tuple(self.bounds))
             lo, hi = self.bounds

@@ -160,10 +160,11 @@ def check_weights(items: Sequence[PromptItem], names: list[str]) -> None:
 def prepare_output(output: Path, resume: bool) -> list[dict[str, Any]]:
     """The records already finished (with resume), after cutting off a last line torn by a kill."""
     if not output.exists():
+        probe = output.resolve()  # a dangling link's target: the link itself stays
         try:  # fail now, not after the models load: create the file once to learn that it can be
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.touch()
-            output.unlink()
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.touch()
+            probe.unlink()
         except OSError as err:
             raise UserInputError(
                 f"output {str(output)!r} cannot be written ({err.strerror or err}); choose another output"

@@ -57,7 +57,7 @@ class Draft:
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
             object.__setattr__(self, "model", os.fspath(self.model))
-        if self.model is not None and type(self.model) not in (str, ModelSpec, Member):
+        if self.model is not None and not isinstance(self.model, str | ModelSpec | Member):
             raise UserInputError(f"draft model {self.model!r}: give a model path, a ModelSpec or a Member")
         check_whole("draft gamma", self.gamma, minimum=1)
 
@@ -74,8 +74,9 @@ class Draft:
         for slot in [plan.base, *plan.experts, *plan.antis]:
             spec = plan.specs[slot.group]
             # a path names a model whatever its dtype and prompt formats, a spec whatever its formats
-            seen = {str: spec.path, ModelSpec: spec, Member: Member(spec, plan.formats[slot.group][slot.format])}
-            if seen[type(self.model)] == self.model:
+            if isinstance(self.model, str) and _same_path(spec.path, self.model):
+                return slot
+            if self.model in (spec, Member(spec, plan.formats[slot.group][slot.format])):
                 return slot
         spec = self.model.model if isinstance(self.model, Member) else self.model
         path = spec if isinstance(spec, str) else spec.path
@@ -260,3 +261,7 @@ class _Speculator:
 def _extended(history: torch.Tensor, drafted: list[torch.Tensor]) -> torch.Tensor:
     """The ids the processors see (repetition penalty): history followed by the drafted tokens so far."""
     return torch.cat([history, *drafted], dim=1) if drafted else history
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.normpath(os.path.expanduser(a)) == os.path.normpath(os.path.expanduser(b))

@@ -11,7 +11,7 @@ import torch
 class TokenTrace:
     token_id: int
     token: str  # the vocabulary's own piece ('Ġthe' in byte-level BPE)
-    text: str  # what it reads as (' the')
+    text: str  # what it adds to the decoded text (' the')
     contributions: dict[str, float]  # objective -> w_k * (s_expert_k - s_anti_k) at the chosen token
     base_rank: int  # 0 = the base's own top-1
     composed_rank: int

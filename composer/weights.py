@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import torch
 
@@ -21,7 +21,8 @@ def row_weights(
     if override is None or isinstance(override, Mapping):
         rows = [override or {}] * batch
     else:
-        rows = list(override) if isinstance(override, Sequence) and not isinstance(override, str) else [override]
+        several = isinstance(override, Iterable) and not isinstance(override, str | bytes)
+        rows = list(override) if several else [override]
         if not all(isinstance(row, Mapping) for row in rows):
             raise UserInputError(
                 f"weights={override!r}: give a mapping {{objective: weight}}, or a list of them, one per prompt"

@@ -17,8 +17,10 @@ def first_line(err: BaseException) -> str:
     return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
 
 
-def check_whole(label: str, value: object, minimum: int, hint: str = "") -> None:
-    """Refuse anything but an int >= ``minimum`` (a bool, a float such as 2.5, text): '{label}={value} must be
-    a whole number >= {minimum}'."""
+def check_whole(label: str, value: object, minimum: int, hint: str = "", maximum: int | None = None) -> None:
+    """Refuse anything but an int in [minimum, maximum] (a bool, a float such as 2.5, text): '{label}={value}
+    must be a whole number >= {minimum}'."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UserInputError(f"{label}={value!r} must be a whole number >= {minimum}{hint}")
+    if maximum is not None and value > maximum:
+        raise UserInputError(f"{label}={value!r} must be a whole number <= {maximum}{hint}")

@@ -54,7 +54,7 @@ class ModelSpec:
     @property
     def placement(self) -> str | None:
         """The one device the model is asked to go to, if any (a device map's strategy is not one)."""
-        if self.device_map is not None and self.device_map not in _MAP_STRATEGIES:
+        if isinstance(self.device_map, str) and self.device_map not in _MAP_STRATEGIES:
             return self.device_map
         return self.device
 
@@ -124,12 +124,20 @@ def _check_available(spec: ModelSpec) -> None:
     if spec.placement is None:
         return
     device = torch.device(spec.placement)
-    count = {"cuda": torch.cuda.device_count, "mps": lambda: int(torch.backends.mps.is_available())}.get(device.type)
-    if count is not None and (device.index or 0) >= count():
+    count = _device_count(device.type)
+    if count is not None and (device.index or 0) >= count:
         raise UserInputError(
-            f"model {spec.path!r}: device {spec.placement!r} is not on this machine ({count()} {device.type} "
+            f"model {spec.path!r}: device {spec.placement!r} is not on this machine ({count} {device.type} "
             "device(s)); use another, or cpu"
         )
+
+
+def _device_count(kind: str) -> int | None:
+    """Devices of this kind here (torch.cuda, torch.xpu, ...), None where torch cannot tell (cpu, plug-ins)."""
+    if kind == "mps":
+        return int(torch.backends.mps.is_available())
+    counter = getattr(getattr(torch, kind, None), "device_count", None)
+    return None if kind == "cpu" or counter is None else counter()
 
 
 @cache

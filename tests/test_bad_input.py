@@ -3,6 +3,7 @@
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +106,8 @@ def test_foreign_tokenizer_names_both_models_and_the_token(tiny):
         ({"stop": 3}, "must be a string or a list of strings"),
         ({"seed": 1.5}, "seed=1.5 must be a whole number >= 0"),
         ({"seed": "x"}, "seed='x'"),
+        ({"seed": 2**64}, "must be a whole number <= 18446744073709551615"),
+        ({"stop": b"\n"}, "must be a string or a list of strings"),
     ],
 )
 def test_bad_decoding_settings(kwargs, message):
@@ -125,6 +128,8 @@ def test_other_mistakes(tiny):
         pair(tiny, name=3)
     with one_line_error(r"bounds \(0,\) must be a pair"):
         pair(tiny, bounds=(0,))
+    with one_line_error("bounds 5 must be a pair"):
+        pair(tiny, bounds=5)
     with one_line_error("the expert is a int; give a model path"):
         Objective("s", 3, tiny["anti"])
     with one_line_error("no prompts were given"):
@@ -139,7 +144,12 @@ def test_convenient_spellings_mean_what_they_say(tiny):
     """A string where a list or a Member is expected is taken as the one item a user meant."""
     assert DecodingConfig(stop="\n\n").stop == ("\n\n",) and DecodingConfig(stop=None).stop == ()
     by_path = Objective("s", tiny["expert_a"], ModelSpec(tiny["anti"]))
-    assert by_path == pair(tiny)
+    assert by_path == pair(tiny) and Objective("s", Path(tiny["expert_a"]), tiny["anti"]) == pair(tiny)
+    assert Composer(Path(tiny["base"])).plan.specs == [ModelSpec(tiny["base"])]
+    rows = Composer(tiny["base"], [pair(tiny)]).generate(
+        ["a", "b"], DecodingConfig(max_new_tokens=1), weights=({"s": w} for w in (1.0, 2.0))
+    )  # any iterable of mappings, one per prompt
+    assert [r.weights for r in rows] == [{"s": 1.0}, {"s": 2.0}]
     composer = Composer(tiny["base"], [guarded(tiny, weight=-1.0, protected=True)], override_guards="safety")
     assert composer.override_guards == ("safety",)
 

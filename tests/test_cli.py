@@ -133,7 +133,7 @@ def test_a_sweep_runs_on_the_joblib_launcher(plugin: Path, tmp_path: Path):
         ("prompts_file=missing.txt", "error: prompts_file 'missing.txt' not found"),
         ("prompts_file=.", "error: prompts_file '.' is a folder"),
         ("output=/proc/no/out.jsonl", "error: output '/proc/no/out.jsonl' cannot be written"),
-        ("base.device=gpu", "error: model"),
+        ("base.device=gpu", "error: model '"),
     ],
 )
 def test_a_user_mistake_prints_one_line_and_exits_2(override: str, message: str, tmp_path: Path):

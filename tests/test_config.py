@@ -220,8 +220,9 @@ def test_validate_checks_the_recipes_named_and_the_users_own(tmp_path: Path, cap
     searchpath = f"hydra.searchpath=[file://{tmp_path}]"
     validate([searchpath])
     assert "mine:" in capsys.readouterr().out
-    validate(["recipe=mine,code_llama", searchpath])
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["mine:", "code_llama:"]
+    for chosen in ("recipe=mine,code_llama", "recipe=[mine,code_llama]"):
+        validate([chosen, searchpath])
+        assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["mine:", "code_llama:"]
     assert validate(["recipe=tiny", "base.path=./no-such-folder"]) == 1
     assert "FAIL  tiny: model './no-such-folder' not found" in capsys.readouterr().out
 

@@ -65,6 +65,9 @@ def test_a_stop_string_may_be_a_special_token(tiny):
     assert out.finish_reason == "stop" and out.token_ids == tokens[: len(out.token_ids)]
     assert word not in out.text.split() and tokens[len(out.token_ids) - 1] == tokens[2]
     assert "".join(composer.stream("the cat", config)) == out.text
+    before = composer.tokenizer.convert_ids_to_tokens(tokens[1])
+    spanning = composer.generate("the cat", DecodingConfig(max_new_tokens=8, stop=(f"{before} {word}",)))[0]
+    assert spanning.token_ids == tokens[:3] and spanning.text == composer.tokenizer.decode(tokens[:1], True)
 
 
 def test_eos_ends_a_row(tiny):

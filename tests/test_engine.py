@@ -178,9 +178,14 @@ def test_a_trace_shows_each_token_as_it_reads():
 
 def test_a_session_keeps_its_prompts_in_step_with_select(tiny):
     """After select, a fresh start (or scoring over the rows) sees the selected prompts, in their new order."""
-    composer = Composer(tiny["base"], three_objectives(tiny))
+    two_formats = [  # expert_a's group holds two prompt formats: its rows are format-major
+        Objective("chat", member(tiny["expert_a"], Chat(), "float32"), member(tiny["anti"], None, "float32")),
+        Objective("qa", member(tiny["expert_a"], Template("q {prompt} a"), "float32"), member(tiny["anti"], None)),
+    ]
+    composer = Composer(tiny["base"], two_formats)
     session = composer.session(["the cat sat", "hello world", "a dog ran to"])
     session.start()
-    session.select(torch.tensor([2, 0]))
+    session.select(torch.tensor([2, 1, 0]))
+    session.select(torch.tensor([0, 2]))
     expected = composer.session(["a dog ran to", "the cat sat"]).start().logits
     torch.testing.assert_close(session.start().logits, expected)

@@ -119,11 +119,21 @@ def test_a_metric_scores_every_sample(tmp_path: Path):
     from composer.config import build_metrics
 
     overrides = ["recipe=tiny", "prompts=[Tell me how to steal a horse.]", "decoding.max_new_tokens=6",
-                 "decoding.do_sample=true", "decoding.seed=0", "decoding.num_return_sequences=3"]  # fmt: skip
+                 "decoding.do_sample=true", "decoding.temperature=3.0", "decoding.seed=0",
+                 "decoding.num_return_sequences=3", "~objectives.math.metric.pattern",
+                 "++objectives.math.metric._target_=composer.metrics.MeanWords"]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     summary = run_job(cfg, tmp_path)
     (record,) = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
     assert len(record["text"]) == 3
+    assert len({len(text.split()) for text in record["text"]}) > 1  # samples differ: the first alone would not do
     for name, metric in build_metrics(cfg).items():
         assert summary["metrics"][name] == metric([record["prompt"]] * 3, record["text"])
+
+
+def test_an_output_behind_a_dangling_link_keeps_the_link(tmp_path: Path):
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(tmp_path / "runs" / "target.jsonl")
+    assert prepare_output(link, resume=False) == []
+    assert link.is_symlink() and not (tmp_path / "runs" / "target.jsonl").exists()

@@ -1,6 +1,5 @@
 """Speculative composition is exact: greedy gives the plain loop's tokens, sampling the composed distribution."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -104,7 +103,7 @@ def test_a_single_small_expert_can_draft(tiny):
     plain = composer.generate("the dog ran", config)[0]
     draft = Draft(model=Member(ModelSpec(tiny["expert_b"]), Template("question {prompt} answer")), steer=False)
     assert composer.generate("the dog ran", config, draft=draft)[0].token_ids == plain.token_ids
-    by_path = Draft(model=Path(tiny["expert_b"]), steer=False)  # a path names it whatever its prompt format
+    by_path = Draft(model=tiny["expert_b"] + "/", steer=False)  # a path names it whatever its prompt format
     assert composer.generate("the dog ran", config, draft=by_path)[0].token_ids == plain.token_ids
 
 
