@@ -1,6 +1,5 @@
 """Speculative composition is exact: greedy gives the plain loop's tokens, sampling the composed distribution."""
 
-
 import pytest
 import torch
 
