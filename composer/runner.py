@@ -54,7 +54,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
     new = run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done), draft)
     decoding_seconds = time.monotonic() - decoding_started
     records = done + new
-    tokens = sum(sum(r["tokens"]) if isinstance(r["tokens"], list) else r["tokens"] for r in new)
+    tokens = sum(sum(_each(r["tokens"])) for r in new)
     summary = {
         "status": "ok",
         "overrides": list(overrides),
@@ -211,7 +211,7 @@ def run_prompts(
                 sink.flush()
                 os.fsync(sink.fileno())
                 records.append(record)
-                texts = record["text"] if isinstance(record["text"], list) else [record["text"]]
+                texts = _each(record["text"])
                 for k, text in enumerate(texts, start=1):
                     bar.write(f"[{record['id']}{f'#{k}' if len(texts) > 1 else ''}] {text}")
                 bar.update()
@@ -257,5 +257,10 @@ def _batches(items: Sequence[PromptItem], size: int) -> Iterator[Sequence[Prompt
 
 def _samples(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """(prompt, text) for every sample: with num_return_sequences > 1 a metric scores each, not the first."""
-    pairs = [(r["prompt"], t) for r in records for t in ([r["text"]] if isinstance(r["text"], str) else r["text"])]
+    pairs = [(r["prompt"], text) for r in records for text in _each(r["text"])]
     return [p for p, _ in pairs], [t for _, t in pairs]
+
+
+def _each(value: Any) -> list[Any]:
+    """A record field's samples: ``_record`` writes one sample's value bare, several as a list."""
+    return value if isinstance(value, list) else [value]
