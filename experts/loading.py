@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -28,7 +29,7 @@ class ModelSpec:
     path: str
     dtype: str = "float32"
     device: str | None = None
-    device_map: str | None = None
+    device_map: str | Mapping[str, int | str] | None = None  # a mapping is held as sorted (module, device) pairs
     trust_remote_code: bool = False
     revision: str | None = None
 
@@ -37,6 +38,8 @@ class ModelSpec:
             raise UserInputError(
                 "model path is empty: give a local folder or a hub id such as 'meta-llama/Llama-2-7b-hf'"
             )
+        if isinstance(self.device_map, Mapping):  # transformers' per-module map; pairs keep the spec hashable
+            object.__setattr__(self, "device_map", tuple(sorted(self.device_map.items())))
         if self.dtype not in _DTYPES:
             raise UserInputError(f"model {self.path!r}: dtype {self.dtype!r} is unknown; use one of {sorted(_DTYPES)}")
         if self.device is not None and self.device_map is not None:
@@ -147,8 +150,9 @@ def _load_cached(spec: ModelSpec) -> LoadedModel:
     kwargs: dict = {"trust_remote_code": spec.trust_remote_code, "revision": spec.revision}
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+        device_map = dict(spec.device_map) if isinstance(spec.device_map, tuple) else spec.device_map
         model = AutoModelForCausalLM.from_pretrained(
-            spec.path, dtype=_DTYPES[spec.dtype], device_map=spec.device_map, **kwargs
+            spec.path, dtype=_DTYPES[spec.dtype], device_map=device_map, **kwargs
         )
     except (OSError, ValueError) as err:
         raise UserInputError(

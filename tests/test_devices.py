@@ -51,6 +51,16 @@ def test_a_device_that_is_not_one_or_not_here_is_refused(tiny):
     assert ModelSpec(tiny["anti"], device_map="auto").placement is None
 
 
+def test_a_per_module_device_map_loads_once_and_composes(tiny):
+    """transformers' per-module form ({module: device}) made specs unhashable: loading failed with a TypeError."""
+    spec = ModelSpec(tiny["base"], device_map={"": "cpu"})
+    assert spec == ModelSpec(tiny["base"], device_map={"": "cpu"}) and spec.placement is None
+    objective = Objective("a", Member(ModelSpec(tiny["expert_a"])), Member(ModelSpec(tiny["anti"])))
+    mapped = Composer(spec, [objective]).generate(["the cat"], DecodingConfig(max_new_tokens=6))[0].token_ids
+    plain = Composer(tiny["base"], [objective]).generate(["the cat"], DecodingConfig(max_new_tokens=6))[0].token_ids
+    assert mapped == plain
+
+
 def test_to_device_converts_on_the_host():
     values = torch.tensor([1.5, -2.25], dtype=torch.float64)
     out = to_device(values, torch.device("cpu"), torch.float32)
