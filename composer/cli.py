@@ -10,11 +10,13 @@ A user's mistake (a UserInputError or a config that does not compose) prints one
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
 import transformers
@@ -23,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -30,14 +33,14 @@ from omegaconf.errors import OmegaConfBaseException
 from composer import report
 from composer.config import build_base, build_decoding, build_draft, build_metrics, build_objectives, register_configs
 from composer.plan import Plan
-from composer.runner import record_failure, run_job
+from composer.runner import METRICS_NAME, record_failure, run_job
 from composer.weights import row_weights
 from experts.errors import UserInputError
 from experts.loading import check_folder
 
 CONF_DIR = Path(__file__).parent / "_conf"  # a link to the repo's conf/ (a copy in the wheel)
 USER_ERRORS = (UserInputError, HydraException, OmegaConfBaseException)
-FAILED_JOBS: list[int] = []  # sweep jobs of this process that failed, for the exit code
+FAILED_JOBS: list[Path] = []  # the metrics.json of this sweep's failed jobs, for the exit code
 
 register_configs()
 transformers.utils.logging.disable_progress_bar()  # the run shows its own bar over prompts
@@ -76,9 +79,26 @@ def run(cfg: DictConfig) -> list[float] | None:
         return list(run_job(cfg, job_dir, overrides)["metrics"].values())
     except Exception as err:  # any failure, OOM included: the report marks this sweep point
         record_failure(job_dir, overrides, err)
-        FAILED_JOBS.append(hydra_cfg.job.num)
         print(f"error: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {one_line(err)}", file=sys.stderr)
         return None
+
+
+class FailedJobs(Callback):
+    """Finds a sweep's failed jobs by the metrics.json each wrote, in the launching process: launchers that
+    run jobs in worker processes (joblib) leave nothing else behind there, and the exit code would be 0."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.before = _metrics_files(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        for path, written in _metrics_files(Path(config.hydra.sweep.dir)).items():
+            if self.before.get(path) != written and json.loads(path.read_text()).get("status") == "failed":
+                FAILED_JOBS.append(path)
+
+
+def _metrics_files(sweep: Path) -> dict[Path, int]:
+    """Each metrics.json under a sweep folder, with the time it was last written (ns)."""
+    return {path: path.stat().st_mtime_ns for path in sweep.rglob(METRICS_NAME)} if sweep.is_dir() else {}
 
 
 def validate(overrides: list[str]) -> int:

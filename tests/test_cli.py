@@ -116,14 +116,16 @@ def test_a_sweep_over_speculation_writes_the_same_greedy_text_and_reports_accept
     assert "| tokens/s | acceptance | pareto |" in markdown(report).splitlines()[0]
 
 
-def test_a_sweep_runs_on_the_joblib_launcher(plugin: Path, tmp_path: Path):
+def test_a_sweep_runs_on_the_joblib_launcher_and_its_failed_job_sets_the_exit_code(plugin: Path, tmp_path: Path):
+    """The jobs run in joblib's worker processes; the launching process finds the failure in metrics.json."""
     sweep = tmp_path / "sweep"
-    result = cli(
-        "-m", "recipe=toy", f"hydra.searchpath=[file://{plugin}]", f"hydra.sweep.dir={sweep}",
-        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "objectives.helpful.weight=0,2", cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert [job.status for job in build_report(sweep).jobs] == ["ok", "ok"]
+    args = ["-m", "recipe=toy", f"hydra.searchpath=[file://{plugin}]", f"hydra.sweep.dir={sweep}"]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    result = cli(*args, "objectives.helpful.weight=0,nan,2", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert [job.status for job in build_report(sweep).jobs] == ["ok", "failed", "ok"]
+    again = cli(*args, "objectives.helpful.weight=0", "resume=true", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # job 1's failure, still on disk, is not this sweep's
 
 
 @pytest.mark.parametrize(
