@@ -12,7 +12,10 @@ when some row accepted every draft. This command measures both factors on the sa
 - ``bound``: the speed over plain decoding that this round cost would give if every draft were accepted,
   (gamma + 1) x plain step / round time with the bonus forward every round.
 
-Writes benchmarks/results/speculation.{json,md}.
+``--compile`` builds the composer with ``compile=True`` (every step after the prefill through torch.compile,
+plain and speculative alike) and times an eager composer's plain decoding beside it, interleaved: the ratios
+are then compiled speculative / compiled plain, with both also against eager plain. The first runs, which
+compile, are the warm-up. Writes benchmarks/results/speculation.{json,md}, or speculation-compiled.{json,md}.
 """
 
 from __future__ import annotations
@@ -69,12 +72,17 @@ def timed_units() -> Iterator[dict[str, float]]:
         Session.advance = original
 
 
-def measure(composer: Composer, texts: list[str], new: int, gammas: list[int], repeats: int) -> dict:
-    """One composer and cell: plain decoding and one draft per gamma, timed interleaved, then broken down."""
+def measure(
+    composer: Composer, texts: list[str], new: int, gammas: list[int], repeats: int, eager: Composer | None = None
+) -> dict:
+    """One composer and cell: plain decoding and one draft per gamma, timed interleaved, then broken down;
+    with ``eager`` (the same composition, not compiled), its plain decoding too."""
     config = DecodingConfig(max_new_tokens=new)
     drafts = {gamma: Draft(gamma=gamma) for gamma in gammas}
     runs = {"plain": lambda: composer.generate(texts, config)}
     runs |= {f"gamma {g}": lambda d=d: composer.generate(texts, config, draft=d) for g, d in drafts.items()}
+    if eager is not None:
+        runs["eager plain"] = lambda: eager.generate(texts, config)
     seconds = interleaved(runs, repeats)
     plain_step = seconds["plain"] / new
     rows = []
@@ -106,26 +114,39 @@ def measure(composer: Composer, texts: list[str], new: int, gammas: list[int], r
                 "bound": (gamma + 1) * 1e3 * plain_step / full_round,
             }
         )
-    return {"plain_tokens_per_s": len(texts) * new / seconds["plain"], "plain_step_ms": 1e3 * plain_step, "rows": rows}
+    cell = {"plain_tokens_per_s": len(texts) * new / seconds["plain"], "plain_step_ms": 1e3 * plain_step, "rows": rows}
+    if eager is not None:
+        cell["eager_plain_tokens_per_s"] = len(texts) * new / seconds["eager plain"]
+        for row in rows:
+            row["speedup_over_eager_plain"] = seconds["eager plain"] / seconds[f"gamma {row['gamma']}"]
+    return cell
 
 
 def markdown(results: dict) -> str:
     lines = [f"Command: `{results['command']}` (1 torch thread, medians of {results['repeats']} interleaved runs)", ""]
     for cell in results["cells"]:
-        lines += [
+        compiled = "eager_plain_tokens_per_s" in cell
+        heading = (
             f"#### K={cell['k']}, prompt {cell['prompt']}, new {cell['new']}, batch {cell['batch']}: plain "
-            f"{cell['plain_tokens_per_s']:.0f} tok/s, {cell['plain_step_ms']:.1f} ms per step",
+            f"{cell['plain_tokens_per_s']:.0f} tok/s, {cell['plain_step_ms']:.1f} ms per step"
+        )
+        if compiled:
+            eager = cell["eager_plain_tokens_per_s"]
+            heading += f" (compiled; eager plain {eager:.0f} tok/s, {cell['plain_tokens_per_s'] / eager:.2f}x)"
+        lines += [
+            heading,
             "",
             "| gamma | speculative / plain | acceptance | tokens per round and row | ms per round: draft streams "
-            "/ verifying streams / rest | bound: all drafts accepted |",
-            "|---|---|---|---|---|---|",
+            "/ verifying streams / rest | bound: all drafts accepted |" + (" speculative / eager plain |" * compiled),
+            "|---|---|---|---|---|---|" + "---|" * compiled,
         ]
         for row in cell["rows"]:
-            lines.append(
+            line = (
                 f"| {row['gamma']} | {row['speedup']:.2f}x | {row['acceptance_rate']:.2f} "
                 f"| {row['tokens_per_round']:.2f} | {row['draft_ms_per_round']:.1f} / "
                 f"{row['verify_ms_per_round']:.1f} / {row['rest_ms_per_round']:.1f} | {row['bound']:.2f}x |"
             )
+            lines.append(line + (f" {row['speedup_over_eager_plain']:.2f}x |" if compiled else ""))
         lines.append("")
     return "\n".join(lines)
 
@@ -136,6 +157,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=["64,64,1", "64,64,8"], help="prompt,new,batch")
     parser.add_argument("--gammas", type=int, nargs="+", default=[1, 2, 3, 4, 6])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="compile the composer's steps (torch.compile)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -145,15 +167,17 @@ def main() -> None:
     results = {"command": " ".join(["python -m benchmarks.speculation", *sys.argv[1:]]), "repeats": args.repeats}
     results["cells"] = []
     for k in args.ks:
-        composer = fixed_length(Composer(models.base, objectives(models, k)))
+        composer = fixed_length(Composer(models.base, objectives(models, k), compile=args.compile))
+        eager = fixed_length(Composer(models.base, objectives(models, k))) if args.compile else None
         for spec in args.cells:
             case = Case(*map(int, spec.split(",")))
-            cell = measure(composer, prompts(models, case), case.new, args.gammas, args.repeats)
+            cell = measure(composer, prompts(models, case), case.new, args.gammas, args.repeats, eager)
             results["cells"].append({"k": k, **case.__dict__, **cell})
             print(f"K={k} {case.label} done", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speculation.json").write_text(json.dumps(results, indent=1))
-    (args.out / "speculation.md").write_text(markdown(results))
+    name = "speculation-compiled" if args.compile else "speculation"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"{name}.md").write_text(markdown(results))
     print(markdown(results))
 
 

@@ -95,6 +95,7 @@ class RunConfig:
     allow_targets: list[str] = field(default_factory=list)
     override_guards: list[str] = field(default_factory=list)  # objectives whose bounds/protection may be broken
     cuda_graphs: bool = False  # replay decoding steps as CUDA graphs (Composer(cuda_graphs=True))
+    compile: bool = False  # run the decoding steps after the prefill through torch.compile (Composer(compile=True))
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
 
 
@@ -172,7 +173,11 @@ def build_draft(cfg: DictConfig) -> Draft | None:
 def build_composer(cfg: DictConfig) -> Composer:
     """The Composer for a composed config: the one step that loads weights."""
     return Composer(
-        build_base(cfg), build_objectives(cfg), override_guards=list(cfg.override_guards), cuda_graphs=cfg.cuda_graphs
+        build_base(cfg),
+        build_objectives(cfg),
+        override_guards=list(cfg.override_guards),
+        cuda_graphs=cfg.cuda_graphs,
+        compile=cfg.compile,
     )
 
 

@@ -44,13 +44,19 @@ class Composer:
         stack_models: bool = True,
         cuda_streams: bool = True,
         cuda_graphs: bool = False,
+        compile: bool = False,
     ) -> None:
         """``override_guards`` names objectives whose weight guards (bounds, protected) may be broken; the
         override is recorded in every completion. ``stack_models`` runs the experts and anti-experts that share
         an architecture as one forward per step (their weights stacked); off, each runs alone.
         ``cuda_streams`` runs the base and the stack on CUDA streams of their own, side by side.
         ``cuda_graphs`` replays each decoding step of plain (not speculative) generation as CUDA graphs over
-        caches allotted up front: on a GPU the eager step is bound by Python and kernel launches."""
+        caches allotted up front: on a GPU the eager step is bound by Python and kernel launches.
+        ``compile`` runs every step after the prefill, plain and speculative, through torch.compile over the
+        growing caches (``experts.compiled``): the first steps wait for the compilation, later ones skip most of
+        Python's dispatch cost."""
+        if cuda_graphs and compile:
+            raise UserInputError("cuda_graphs and compile both replace the eager decoding step; choose one")
         if isinstance(override_guards, str):
             override_guards = [override_guards]
         self.plan = Plan(as_member(base, "the base"), objectives)
@@ -61,6 +67,7 @@ class Composer:
         self.stack_models = stack_models
         self.cuda_streams = cuda_streams
         self.cuda_graphs = cuda_graphs
+        self.compile = compile
         self._stacks: dict[int, torch.nn.Module] = {}  # see _hold
         self.guard_notes = row_weights(self.plan.objectives, 1, None, self.override_guards)[1][0]
         self.models = [load(spec) for spec in self.plan.specs]
@@ -114,6 +121,7 @@ class Composer:
             alone,
             self.cuda_streams,
             cuda_graphs,
+            self.compile,
         )
         self._hold([(unit.groups, unit.stream.model) for unit in session.units])
         return session

@@ -86,12 +86,14 @@ def build_units(
     alone: Collection[int],
     stack: bool = True,
     graphed: int | None = None,
+    compiled: bool = False,
 ) -> list[Unit]:
     """``graphed``: fixed-shape streams with room for that many tokens after the prompt, whose one-token
-    steps replay as CUDA graphs (``experts.static_stream``); None: streams whose caches grow."""
+    steps replay as CUDA graphs (``experts.static_stream``); None: streams whose caches grow, their steps
+    after the prefill ``compiled`` with torch.compile or eager."""
     units = []
     for groups, model in partition(models, alone, stack):
         pad = models[groups[0]].tokenizer.pad_token_id
-        stream = ModelStream(model, pad) if graphed is None else StaticStream(model, pad, graphed)
+        stream = ModelStream(model, pad, compiled) if graphed is None else StaticStream(model, pad, graphed)
         units.append(Unit(groups, [formats[g] for g in groups], stream))
     return units

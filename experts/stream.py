@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from experts.compat import CACHE_ARG
+from experts.compiled import CompiledStep
 from experts.errors import UserInputError
 from experts.loading import LoadedModel
 
@@ -54,10 +55,14 @@ def check_fits(loaded: LoadedModel, lengths: list[int], extra: int) -> None:
 
 
 class ModelStream:
-    """Cached incremental forward passes of one model (or one stack of models) over a fixed set of rows."""
+    """Cached incremental forward passes of one model (or one stack of models) over a fixed set of rows.
 
-    def __init__(self, model: torch.nn.Module, pad_id: int) -> None:
+    ``compiled`` runs the steps after the prefill through ``torch.compile`` (``experts.compiled``).
+    """
+
+    def __init__(self, model: torch.nn.Module, pad_id: int, compiled: bool = False) -> None:
         self.model = model
+        self.compiled = CompiledStep(model) if compiled else None
         self.device = next(model.parameters()).device
         self.pad_id = pad_id
         self.mask = torch.empty(0, 0, dtype=torch.long, device=self.device)
@@ -93,15 +98,13 @@ class ModelStream:
         return self.mask
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, **kwargs: int) -> torch.Tensor:
-        out = self.model(
-            input_ids=tokens,
-            attention_mask=self._attention_mask(),
-            position_ids=positions,
-            use_cache=True,
-            **kwargs,
-            **{CACHE_ARG: self.cache},
-        )
-        return out.logits
+        inputs = {"input_ids": tokens, "attention_mask": self._attention_mask(), "position_ids": positions}
+        inputs |= {"use_cache": True, CACHE_ARG: self.cache, **kwargs}
+        if self.compiled is not None and not kwargs:  # the prefill (logits_to_keep) runs eagerly
+            logits = self.compiled(**inputs)
+            if logits is not None:
+                return logits
+        return self.model(**inputs).logits
 
     def crop(self, generated: int) -> None:
         """Forget everything after the first ``generated`` tokens appended since the prompt."""

@@ -136,10 +136,11 @@ def test_a_sweep_runs_on_the_joblib_launcher_and_its_failed_job_sets_the_exit_co
         ("prompts_file=.", "error: prompts_file '.' is a folder"),
         ("output=/proc/no/out.jsonl", "error: output '/proc/no/out.jsonl' cannot be written"),
         ("base.device=gpu", "error: model '"),
+        ("compile=true cuda_graphs=true", "error: cuda_graphs and compile both replace the eager decoding step"),
     ],
 )
 def test_a_user_mistake_prints_one_line_and_exits_2(override: str, message: str, tmp_path: Path):
-    result = cli(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = cli(*override.split(), f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message) and "\n" not in result.stderr.strip()
 

@@ -84,9 +84,11 @@ def test_overrides_and_presets_reach_the_objects():
     assert build_decoding(cfg).do_sample
 
 
-def test_cuda_graphs_reach_the_composer():
-    assert not build_composer(compose_run()).cuda_graphs
+def test_cuda_graphs_and_compile_reach_the_composer():
+    default = build_composer(compose_run())
+    assert not default.cuda_graphs and not default.compile
     assert build_composer(compose_run("cuda_graphs=true")).cuda_graphs
+    assert build_composer(compose_run("compile=true")).compile
 
 
 def test_speculative_decoding_is_off_by_default_and_drafts_as_asked():
