@@ -40,7 +40,7 @@ class ModelConfig:
     path: str = MISSING
     dtype: str = "float32"
     device: str | None = None
-    device_map: str | None = None
+    device_map: Any = None  # a strategy (auto), a device, or {module: device} (transformers' forms)
     trust_remote_code: bool = False
     revision: str | None = None
     format: str = "raw"  # raw | chat | template
@@ -186,7 +186,7 @@ def build_member(key: str, node: DictConfig) -> Member:
         path=node.path,
         dtype=node.dtype,
         device=node.device,
-        device_map=node.device_map,
+        device_map=OmegaConf.to_container(node.device_map) if OmegaConf.is_config(node.device_map) else node.device_map,
         trust_remote_code=node.trust_remote_code,
         revision=node.revision,
     )

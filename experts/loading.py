@@ -29,7 +29,7 @@ class ModelSpec:
     path: str
     dtype: str = "float32"
     device: str | None = None
-    device_map: str | Mapping[str, int | str] | None = None  # a mapping is held as sorted (module, device) pairs
+    device_map: str | Mapping[str, int | str] | None = None  # a mapping is held as (module, device) pairs, sorted
     trust_remote_code: bool = False
     revision: str | None = None
 
@@ -39,7 +39,14 @@ class ModelSpec:
                 "model path is empty: give a local folder or a hub id such as 'meta-llama/Llama-2-7b-hf'"
             )
         if isinstance(self.device_map, Mapping):  # transformers' per-module map; pairs keep the spec hashable
-            object.__setattr__(self, "device_map", tuple(sorted(self.device_map.items())))
+            object.__setattr__(self, "device_map", tuple(sorted(self.device_map.items(), key=lambda p: str(p[0]))))
+        if isinstance(self.device_map, tuple):
+            _check_module_map(self.path, self.device_map)
+        elif self.device_map is not None and not isinstance(self.device_map, str):
+            raise UserInputError(
+                f"model {self.path!r}: device_map must be a strategy (auto), a device, or a mapping of module "
+                f"names to devices, not {type(self.device_map).__name__}"
+            )
         if self.dtype not in _DTYPES:
             raise UserInputError(f"model {self.path!r}: dtype {self.dtype!r} is unknown; use one of {sorted(_DTYPES)}")
         if self.device is not None and self.device_map is not None:
@@ -64,6 +71,29 @@ class ModelSpec:
     @property
     def name(self) -> str:
         return self.path.rstrip("/").split("/")[-1] or self.path
+
+
+def _check_module_map(path: str, pairs: tuple[tuple[str, int | str], ...]) -> None:
+    """Each module of a per-module map goes to a device index, a device, or "disk" (transformers' offload)."""
+    if not pairs:
+        raise UserInputError(f"model {path!r}: device_map is an empty mapping; map '' to a device, or use auto")
+    if not all(isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) for pair in pairs):
+        raise UserInputError(f"model {path!r}: device_map must map module names to devices, e.g. {{'': 'cpu'}}")
+    for module, where in pairs:
+        if isinstance(where, bool) or not isinstance(where, int | str) or (isinstance(where, int) and where < 0):
+            ok = False
+        elif isinstance(where, int) or where == "disk":
+            ok = True
+        else:
+            try:
+                torch.device(where)
+                ok = True
+            except (RuntimeError, TypeError):
+                ok = False
+        if not ok:
+            raise UserInputError(
+                f"model {path!r}: device_map[{module!r}]={where!r} is not a device; use cpu, cuda:0, 0, disk or mps"
+            )
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,11 @@ def test_overrides_and_presets_reach_the_objects():
     assert build_decoding(cfg).do_sample
 
 
+def test_a_per_module_device_map_reaches_the_spec():
+    cfg = compose_run("base.device_map={model:cpu,lm_head:cpu}")
+    assert build_base(cfg).model.device_map == (("lm_head", "cpu"), ("model", "cpu"))
+
+
 def test_cuda_graphs_and_compile_reach_the_composer():
     default = build_composer(compose_run())
     assert not default.cuda_graphs and not default.compile

@@ -59,6 +59,14 @@ def test_a_per_module_device_map_loads_once_and_composes(tiny):
     mapped = Composer(spec, [objective]).generate(["the cat"], DecodingConfig(max_new_tokens=6))[0].token_ids
     plain = Composer(tiny["base"], [objective]).generate(["the cat"], DecodingConfig(max_new_tokens=6))[0].token_ids
     assert mapped == plain
+    for bad, message in [
+        ({"": "gpu"}, r"device_map\[''\]='gpu' is not a device"),
+        ({}, "device_map is an empty mapping"),
+        ([("", "cpu")], "device_map must be a strategy .* not list"),
+        ({1: "cpu"}, "device_map must map module names to devices"),
+    ]:
+        with pytest.raises(UserInputError, match=message):
+            ModelSpec(tiny["base"], device_map=bad)
 
 
 def test_to_device_converts_on_the_host():
