@@ -92,6 +92,7 @@ def variants(models: ModelSet, case: Case, texts: list[str], drafts: dict[str, D
     return {
         "single:base": lambda: run(models.base),
         "single:base:graphs": lambda: run(models.base, cuda_graphs=True),
+        "single:base:compiled": lambda: run(models.base, compile=True),
         "single:small": lambda: run(models.experts[0]),
         "single:small:graphs": lambda: run(models.experts[0], cuda_graphs=True),
         "transformers:base": lambda: transformers_run(models, case, texts),
@@ -99,6 +100,7 @@ def variants(models: ModelSet, case: Case, texts: list[str], drafts: dict[str, D
         "compose:k1:graphs": lambda: run(models.base, k1, cuda_graphs=True),
         "compose:k3": lambda: run(models.base, k3),
         "compose:k3:graphs": lambda: run(models.base, k3, cuda_graphs=True),
+        "compose:k3:compiled": lambda: run(models.base, k3, compile=True),
         "compose:k3:one-stream": lambda: run(models.base, k3, cuda_streams=False),
         "compose:k3:unstacked": lambda: run(models.base, k3, stack_models=False),
         "naive:k3": lambda: naive_runs(models, case, texts)["naive:k3"],

@@ -40,7 +40,7 @@ from experts.loading import check_folder
 
 CONF_DIR = Path(__file__).parent / "_conf"  # a link to the repo's conf/ (a copy in the wheel)
 USER_ERRORS = (UserInputError, HydraException, OmegaConfBaseException)
-FAILED_JOBS: list[Path] = []  # the metrics.json of this sweep's failed jobs, for the exit code
+FAILED_JOBS: list[Path] = []  # the job folders (or metrics.json) of this sweep's failed jobs, for the exit code
 
 register_configs()
 transformers.utils.logging.disable_progress_bar()  # the run shows its own bar over prompts
@@ -79,26 +79,44 @@ def run(cfg: DictConfig) -> list[float] | None:
         return list(run_job(cfg, job_dir, overrides)["metrics"].values())
     except Exception as err:  # any failure, OOM included: the report marks this sweep point
         record_failure(job_dir, overrides, err)
+        FAILED_JOBS.append(job_dir)  # a job in this process; those in workers are found by FailedJobs
         print(f"error: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {one_line(err)}", file=sys.stderr)
         return None
 
 
 class FailedJobs(Callback):
     """Finds a sweep's failed jobs by the metrics.json each wrote, in the launching process: launchers that
-    run jobs in worker processes (joblib) leave nothing else behind there, and the exit code would be 0."""
+    run jobs in worker processes (joblib) leave nothing else behind there, and the exit code would be 0.
+    Hydra turns a callback's exception into a warning, so nothing here may raise: a metrics.json written
+    during the sweep that cannot be read counts as a failure."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.before = _metrics_files(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        before = getattr(self, "before", {})
         for path, written in _metrics_files(Path(config.hydra.sweep.dir)).items():
-            if self.before.get(path) != written and json.loads(path.read_text()).get("status") == "failed":
+            if before.get(path) != written and _status(path) != "ok":
                 FAILED_JOBS.append(path)
 
 
 def _metrics_files(sweep: Path) -> dict[Path, int]:
     """Each metrics.json under a sweep folder, with the time it was last written (ns)."""
-    return {path: path.stat().st_mtime_ns for path in sweep.rglob(METRICS_NAME)} if sweep.is_dir() else {}
+    found = {}
+    try:
+        for path in sweep.rglob(METRICS_NAME):
+            found[path] = path.stat().st_mtime_ns
+    except OSError:  # a folder that vanished or cannot be read: what was found so far
+        pass
+    return found
+
+
+def _status(path: Path) -> str | None:
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary.get("status") if isinstance(summary, dict) else None
 
 
 def validate(overrides: list[str]) -> int:

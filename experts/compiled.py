@@ -8,8 +8,8 @@ for wider ones (a speculative round's verification). The prefill runs eagerly, o
 
 Every Llama-like model runs the same ``forward`` code, and dynamo keeps its compiled graphs per code object,
 eight by default, which a base and a stack of small models already fill; the limit is raised while a
-compiled step runs. Where compilation fails (no C++ compiler, an architecture dynamo cannot trace), that
-model warns once and runs eagerly from then on.
+compiled step runs. Where compilation fails (no C++ compiler, an architecture dynamo cannot trace whole),
+that model warns once and runs eagerly for the rest of the process.
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ from torch._dynamo.exc import TorchDynamoException
 
 RECOMPILE_LIMIT = 64
 
-
-_FAILED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # models whose compilation failed: not retried
+_FAILED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # compilation failed: eager for the process's life
 
 
 class CompiledStep:
     """A model's forward compiled for decoding steps; ``None`` from ``__call__`` means: run it eagerly.
 
-    Dynamo keeps the graphs with the code, guarded by the model, so a new session's step reuses them.
+    Dynamo keeps the graphs with the code, guarded by the model, so a new session's step reuses them. The
+    step is one whole graph (``fullgraph``): a part that dynamo cannot trace fails the compilation before any
+    of it runs, rather than after earlier parts have appended to the cache.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.step = torch.compile(model, dynamic=True)
+        self.step = torch.compile(model, dynamic=True, fullgraph=True)
 
     def __call__(self, **inputs: torch.Tensor | object) -> torch.Tensor | None:
         if self.model in _FAILED:

@@ -44,7 +44,9 @@ def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     results = json.loads((tmp_path / "gpu-smoke.json").read_text())
     (cell,) = results["cells"]
     assert "error" not in cell and "error" not in results["same_tokens"]
-    assert {"compose:k3", "compose:k3:graphs", "naive:k3", "speculative:k3"} <= set(cell["tokens_per_s"])
+    assert {"compose:k3", "compose:k3:graphs", "compose:k3:compiled", "naive:k3", "speculative:k3"} <= set(
+        cell["tokens_per_s"]
+    )
     assert all(0 < f < 1 for f in cell["fraction_of_floor"].values())
     assert "| 8, 4, 2 | compose:k3:graphs |" in (tmp_path / "gpu-smoke.md").read_text()
 

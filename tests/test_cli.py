@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from composer import cli as command_line
 from composer.report import build_report, markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +128,24 @@ def test_a_sweep_runs_on_the_joblib_launcher_and_its_failed_job_sets_the_exit_co
     assert [job.status for job in build_report(sweep).jobs] == ["ok", "failed", "ok"]
     again = cli(*args, "objectives.helpful.weight=0", "resume=true", cwd=tmp_path)
     assert again.returncode == 0, again.stderr  # job 1's failure, still on disk, is not this sweep's
+
+
+def test_the_failed_jobs_callback_counts_this_sweeps_failures_and_unreadable_records(tmp_path: Path, monkeypatch):
+    """Hydra turns a callback's exception into a warning (and the exit code into 0): nothing in it may raise."""
+    monkeypatch.setattr(command_line, "FAILED_JOBS", [])
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    for job, status in [("old", "failed"), ("rerun", "ok")]:
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"status": status}))
+    callback = command_line.FailedJobs()
+    callback.on_multirun_start(config)
+    time.sleep(0.01)
+    written = {"ok": '{"status": "ok"}', "failed": '{"status": "failed"}', "partial": '{"sta', "list": "[1]"}
+    for job, text in [*written.items(), ("rerun", '{"status": "failed"}')]:
+        (tmp_path / job).mkdir(exist_ok=True)
+        (tmp_path / job / "metrics.json").write_text(text)
+    callback.on_multirun_end(config)
+    assert sorted(path.parent.name for path in command_line.FAILED_JOBS) == ["failed", "list", "partial", "rerun"]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """torch.compile'd decoding steps give the eager loop's tokens, plain and speculative, and fall back when it fails."""
 
 import gc
+import warnings
 import weakref
 
 import pytest
@@ -9,6 +10,7 @@ from torch._dynamo.exc import TorchDynamoException
 
 from composer import Composer, DecodingConfig, UserInputError
 from composer.speculative import Draft
+from experts import compiled
 from experts.compiled import CompiledStep
 from tests.test_speculative import objectives
 
@@ -50,11 +52,16 @@ def test_a_failed_compilation_warns_once_and_decodes_eagerly(tiny, monkeypatch):
         return step
 
     monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(compiled, "_FAILED", weakref.WeakSet())  # the models it marks stay compilable for others
     config = DecodingConfig(max_new_tokens=6)
     eager = Composer(tiny["base"], objectives(tiny)).generate(PROMPTS, config)
+    composer = Composer(tiny["base"], objectives(tiny), compile=True)
     with pytest.warns(UserWarning, match=r"decoding eagerly: torch.compile failed \(no C\+\+ compiler found\)$"):
-        failed = Composer(tiny["base"], objectives(tiny), compile=True).generate(PROMPTS, config)
+        failed = composer.generate(PROMPTS, config)
     assert [c.token_ids for c in failed] == [c.token_ids for c in eager]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per model: the next batch neither warns nor tries again
+        assert [c.token_ids for c in composer.generate(PROMPTS, config)] == [c.token_ids for c in eager]
 
 
 def test_cuda_graphs_and_compile_are_refused_together(tiny):
