@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from experts.errors import UserInputError
 from experts.loading import LoadedModel
 from experts.stacking import stack_groups, stacked
 from experts.static_stream import StaticStream
@@ -91,9 +90,7 @@ def build_units(
 ) -> list[Unit]:
     """``graphed``: fixed-shape streams with room for that many tokens after the prompt, whose one-token
     steps replay as CUDA graphs (``experts.static_stream``); None: streams whose caches grow, their steps
-    after the prefill ``compiled`` with torch.compile or eager."""
-    if graphed is not None and compiled:
-        raise UserInputError("cuda_graphs and compile both replace the eager decoding step; choose one")
+    after the prefill ``compiled`` with torch.compile or eager (``Composer`` refuses both)."""
     units = []
     for groups, model in partition(models, alone, stack):
         pad = models[groups[0]].tokenizer.pad_token_id

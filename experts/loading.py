@@ -80,20 +80,24 @@ def _check_module_map(path: str, pairs: tuple[tuple[str, int | str], ...]) -> No
     if not all(isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) for pair in pairs):
         raise UserInputError(f"model {path!r}: device_map must map module names to devices, e.g. {{'': 'cpu'}}")
     for module, where in pairs:
-        if isinstance(where, bool) or not isinstance(where, int | str) or (isinstance(where, int) and where < 0):
-            ok = False
-        elif isinstance(where, int) or where == "disk":
-            ok = True
-        else:
-            try:
-                torch.device(where)
-                ok = True
-            except (RuntimeError, TypeError):
-                ok = False
-        if not ok:
+        if not _is_device(where):
             raise UserInputError(
                 f"model {path!r}: device_map[{module!r}]={where!r} is not a device; use cpu, cuda:0, 0, disk or mps"
             )
+
+
+def _is_device(where: object) -> bool:
+    if isinstance(where, bool):
+        return False
+    if isinstance(where, int):
+        return where >= 0
+    if where == "disk":
+        return True
+    try:
+        torch.device(where)
+    except (RuntimeError, TypeError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
