@@ -21,6 +21,8 @@ import torch
 from torch._dynamo import config as dynamo_config
 from torch._dynamo.exc import TorchDynamoException
 
+from experts.errors import first_line
+
 RECOMPILE_LIMIT = 64
 
 _FAILED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # compilation failed: eager for the process's life
@@ -45,6 +47,6 @@ class CompiledStep:
             with dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
                 return self.step(**inputs).logits
         except TorchDynamoException as err:
-            warnings.warn(f"decoding eagerly: torch.compile failed ({str(err).splitlines()[0]})", stacklevel=2)
+            warnings.warn(f"decoding eagerly: torch.compile failed ({first_line(err)})", stacklevel=2)
             _FAILED.add(self.model)
             return None

@@ -52,14 +52,11 @@ class ModelSpec:
         if self.device is not None and self.device_map is not None:
             raise UserInputError(f"model {self.path!r}: set either device or device_map, not both")
         where = self.placement
-        if where is not None:
-            try:
-                torch.device(where)
-            except (RuntimeError, TypeError):
-                raise UserInputError(
-                    f"model {self.path!r}: {where!r} is not a device; use cpu, cuda, cuda:1 or mps"
-                    + (" (device_map: or auto, balanced, sequential)" if self.device_map else "")
-                ) from None
+        if where is not None and not _torch_device(where):
+            raise UserInputError(
+                f"model {self.path!r}: {where!r} is not a device; use cpu, cuda, cuda:1 or mps"
+                + (" (device_map: or auto, balanced, sequential)" if self.device_map else "")
+            )
 
     @property
     def placement(self) -> str | None:
@@ -91,8 +88,11 @@ def _is_device(where: object) -> bool:
         return False
     if isinstance(where, int):
         return where >= 0
-    if where == "disk":
-        return True
+    return where == "disk" or _torch_device(where)
+
+
+def _torch_device(where: object) -> bool:
+    """Does torch read ``where`` as a device ('cpu', 'cuda:1', 'mps')?"""
     try:
         torch.device(where)
     except (RuntimeError, TypeError):
