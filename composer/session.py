@@ -210,7 +210,12 @@ class Session:
         ``first_step`` is the step of position 0, for every row (int) or per row ((B,), rows that advanced
         unevenly).
         """
-        steps = torch.as_tensor(first_step).reshape(-1, 1) + torch.arange(n)  # (B or 1, n)
+        if isinstance(first_step, torch.Tensor) and first_step.numel() == 1:
+            first_step = int(first_step)
+        if isinstance(first_step, int):  # every row at the same step: a slice of the table, no gather
+            table = self._schedule(first_step + n)[:, first_step : first_step + n]
+            return self.row_weights.unsqueeze(-1) * table.unsqueeze(1)
+        steps = first_step.reshape(-1, 1) + torch.arange(n)  # (B, n)
         table = self._schedule(int(steps.max()) + 1)
         return self.row_weights.unsqueeze(-1) * table[:, steps.to(table.device)]
 
@@ -235,23 +240,24 @@ class Session:
         ``base`` and ``steer`` let the speculative loop build its draft from the same streams: another
         member as base, with the objectives (the small models' own composition) or without.
         """
-
-        def view(slot: Slot) -> torch.Tensor:
-            logits = outputs[slot.group]
-            rows = logits[slot.format * self.batch : (slot.format + 1) * self.batch, :, : self.vocab_width]
-            dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-            return to_device(rows, self.device, dtype)
-
-        base = view(base or self.plan.base)
-        n = base.shape[1]
-        empty = base.new_empty((0, *base.shape))
+        base = self._view(outputs, base or self.plan.base)
         if not steer or not self.plan.objectives:
-            weights = base.new_empty((0, *base.shape[:2]))
-            return Composed(base, base, empty, empty, weights)
-        experts = torch.stack([view(s) for s in self.plan.experts])
-        antis = torch.stack([view(s) for s in self.plan.antis])
-        weights = to_device(self.weights_at(first_step, n), self.device, base.dtype)
+            empty = base.new_empty((0, *base.shape))
+            return Composed(base, base, empty, empty, base.new_empty((0, *base.shape[:2])))
+        experts = torch.stack([self._view(outputs, s) for s in self.plan.experts])
+        antis = torch.stack([self._view(outputs, s) for s in self.plan.antis])
+        weights = to_device(self.weights_at(first_step, base.shape[1]), self.device, base.dtype)
         return Composed(_combine_unmasked_fast(base, experts, antis, weights), base, experts, antis, weights)
+
+    def _view(self, outputs: Mapping[int, torch.Tensor], slot: Slot) -> torch.Tensor:
+        """The slot's rows of its group's logits, over the common vocabulary, on the base's device, in float32
+        (float64 stays). Slicing only where needed: a decoding step composes at every token."""
+        logits = outputs[slot.group]
+        if logits.shape[0] != self.batch:  # the group runs several formats
+            logits = logits[slot.format * self.batch : (slot.format + 1) * self.batch]
+        if logits.shape[-1] != self.vocab_width:
+            logits = logits[..., : self.vocab_width]
+        return to_device(logits, self.device, torch.float64 if logits.dtype == torch.float64 else torch.float32)
 
 
 def _combine_unmasked_fast(

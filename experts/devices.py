@@ -12,6 +12,8 @@ import torch
 
 def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``tensor.to(device, dtype)``, without a host sync when it goes from host memory to a CUDA device."""
+    if tensor.device == device and dtype in (None, tensor.dtype):
+        return tensor  # the common case in a decoding step, where even a no-op ``to`` costs dispatch
     if dtype is not None and tensor.device.type == "cpu":
         tensor = tensor.to(dtype)  # convert the few host values before the copy, not after it
     if tensor.device.type != "cpu" or device.type != "cuda":
