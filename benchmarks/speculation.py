@@ -6,11 +6,12 @@ draft's streams once per drafted token (the small models' own composition: for p
 every generated token anyway), the other streams (the base) once over all drafts, and the bonus position only
 when some row accepted every draft. This command measures both factors on the same composer, interleaved:
 
-- tokens/s of plain and speculative decoding for each gamma (medians of ``--repeats`` timed runs);
+- tokens/s of plain and speculative decoding for each gamma, and for transformers' "heuristic" gamma schedule
+  from ``--heuristic`` (its mean gamma shown), medians of ``--repeats`` timed runs;
 - from one more run per variant with ``Session.advance`` timed: milliseconds per round in the draft's
   streams, in the verifying streams, and the rest (the prefill, composition, acceptance tests, Python);
 - ``bound``: the speed over plain decoding that this round cost would give if every draft were accepted,
-  (gamma + 1) x plain step / round time with the bonus forward every round.
+  (gamma + 1) x plain step / round time with the bonus forward every round (the mean gamma for the heuristic).
 
 ``--compile`` builds the composer with ``compile=True`` (every step after the prefill through torch.compile,
 plain and speculative alike) and times an eager composer's plain decoding beside it, interleaved: the ratios
@@ -28,6 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,7 +43,7 @@ from benchmarks.models import family_set  # noqa: E402
 from benchmarks.timing import interleaved  # noqa: E402
 from composer import Composer, DecodingConfig  # noqa: E402
 from composer.session import Session  # noqa: E402
-from composer.speculative import Draft  # noqa: E402
+from composer.speculative import Draft, SpeculationStats  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -73,25 +75,37 @@ def timed_units() -> Iterator[dict[str, float]]:
 
 
 def measure(
-    composer: Composer, texts: list[str], new: int, gammas: list[int], repeats: int, eager: Composer | None = None
+    composer: Composer,
+    texts: list[str],
+    new: int,
+    gammas: list[int],
+    repeats: int,
+    eager: Composer | None = None,
+    heuristic: int | None = None,
 ) -> dict:
-    """One composer and cell: plain decoding and one draft per gamma, timed interleaved, then broken down;
-    with ``eager`` (the same composition, not compiled), its plain decoding too."""
+    """One composer and cell: plain decoding and one draft per gamma (and the heuristic schedule starting at
+    ``heuristic``), timed interleaved, then broken down; with ``eager`` (the same composition, not compiled),
+    its plain decoding too."""
     config = DecodingConfig(max_new_tokens=new)
-    drafts = {gamma: Draft(gamma=gamma) for gamma in gammas}
+    drafts = {f"gamma {gamma}": Draft(gamma=gamma) for gamma in gammas}
+    if heuristic:
+        drafts["heuristic"] = Draft(gamma=heuristic, gamma_schedule="heuristic")
     runs = {"plain": lambda: composer.generate(texts, config)}
-    runs |= {f"gamma {g}": lambda d=d: composer.generate(texts, config, draft=d) for g, d in drafts.items()}
+    runs |= {name: lambda d=d: composer.generate(texts, config, draft=d) for name, d in drafts.items()}
     if eager is not None:
         runs["eager plain"] = lambda: eager.generate(texts, config)
     seconds = interleaved(runs, repeats)
     plain_step = seconds["plain"] / new
     rows = []
-    for gamma, draft in drafts.items():
-        probe = Draft(gamma=gamma)
+    for name, draft in drafts.items():
+        # the breakdown's run goes on from the timed runs' schedule, with statistics of its own
+        schedule = SpeculationStats(planned=draft.stats.planned, all_accepted=draft.stats.all_accepted)
+        probe = replace(draft, stats=schedule)
         with timed_units() as spent:
             started = time.perf_counter()
             composer.generate(texts, config, draft=probe)
             total = time.perf_counter() - started
+        gamma = draft.stats.mean_gamma
         rounds, units = spent["verify calls"], sum(1 for key in spent if key.startswith("unit "))
         bonus = (spent["draft calls"] / units - spent["drafted"]) / rounds  # rounds that ran the bonus position
         draft_ms, verify_ms = 1e3 * spent["draft"] / rounds, 1e3 * spent["verify"] / rounds
@@ -100,9 +114,11 @@ def measure(
         full_round = (gamma + 1) * draft_step_ms + verify_ms + rest_ms  # gamma drafts and the bonus position
         rows.append(
             {
-                "gamma": gamma,
-                "speedup": seconds["plain"] / seconds[f"gamma {gamma}"],
-                "tokens_per_s": len(texts) * new / seconds[f"gamma {gamma}"],
+                "gamma": draft.gamma,
+                "schedule": draft.gamma_schedule,
+                "mean_gamma": gamma,
+                "speedup": seconds["plain"] / seconds[name],
+                "tokens_per_s": len(texts) * new / seconds[name],
                 "acceptance_rate": draft.stats.acceptance_rate,
                 "tokens_per_round": draft.stats.tokens_per_round,
                 "rounds": rounds,
@@ -117,8 +133,8 @@ def measure(
     cell = {"plain_tokens_per_s": len(texts) * new / seconds["plain"], "plain_step_ms": 1e3 * plain_step, "rows": rows}
     if eager is not None:
         cell["eager_plain_tokens_per_s"] = len(texts) * new / seconds["eager plain"]
-        for row in rows:
-            row["speedup_over_eager_plain"] = seconds["eager plain"] / seconds[f"gamma {row['gamma']}"]
+        for row, name in zip(rows, drafts, strict=True):
+            row["speedup_over_eager_plain"] = seconds["eager plain"] / seconds[name]
     return cell
 
 
@@ -141,8 +157,11 @@ def markdown(results: dict) -> str:
             "|---|---|---|---|---|---|" + "---|" * compiled,
         ]
         for row in cell["rows"]:
+            gamma = row["gamma"]
+            if row["schedule"] == "heuristic":
+                gamma = f"heuristic from {gamma} (mean {row['mean_gamma']:.1f})"
             line = (
-                f"| {row['gamma']} | {row['speedup']:.2f}x | {row['acceptance_rate']:.2f} "
+                f"| {gamma} | {row['speedup']:.2f}x | {row['acceptance_rate']:.2f} "
                 f"| {row['tokens_per_round']:.2f} | {row['draft_ms_per_round']:.1f} / "
                 f"{row['verify_ms_per_round']:.1f} / {row['rest_ms_per_round']:.1f} | {row['bound']:.2f}x |"
             )
@@ -156,6 +175,7 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 3], help="objectives sharing the anti-expert")
     parser.add_argument("--cells", nargs="+", default=["64,64,1", "64,64,8"], help="prompt,new,batch")
     parser.add_argument("--gammas", type=int, nargs="+", default=[1, 2, 3, 4, 6])
+    parser.add_argument("--heuristic", type=int, default=4, help="the heuristic schedule's first gamma (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="compile the composer's steps (torch.compile)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -171,7 +191,8 @@ def main() -> None:
         eager = fixed_length(Composer(models.base, objectives(models, k))) if args.compile else None
         for spec in args.cells:
             case = Case(*map(int, spec.split(",")))
-            cell = measure(composer, prompts(models, case), case.new, args.gammas, args.repeats, eager)
+            texts = prompts(models, case)
+            cell = measure(composer, texts, case.new, args.gammas, args.repeats, eager, args.heuristic)
             results["cells"].append({"k": k, **case.__dict__, **cell})
             print(f"K={k} {case.label} done", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)

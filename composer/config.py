@@ -78,6 +78,7 @@ class DecodingSchema:
 @dataclass
 class SpeculativeConfig:
     gamma: int = 0  # tokens drafted per round; 0 decodes without speculation
+    gamma_schedule: str = "constant"  # or "heuristic": gamma adapts to acceptance (transformers' schedules)
     draft: str | None = None  # null: the shared anti-expert, steered by the objectives; an objective: its expert
 
 
@@ -155,6 +156,8 @@ def build_draft(cfg: DictConfig) -> Draft | None:
     """The speculative draft the run asks for (``speculative.gamma`` > 0), or None."""
     node = cfg.speculative
     check_whole("speculative.gamma", node.gamma, minimum=0, hint=" (0: no speculation)")
+    if node.gamma_schedule not in ("constant", "heuristic"):
+        raise UserInputError(f"speculative.gamma_schedule={node.gamma_schedule!r}: use constant or heuristic")
     if node.gamma == 0:
         return None
     if node.draft is not None and node.draft not in cfg.objectives:
@@ -165,7 +168,7 @@ def build_draft(cfg: DictConfig) -> Draft | None:
     alone = None  # the shared anti-expert drafts, steered by the objectives
     if node.draft is not None:
         alone = build_member(f"objectives.{node.draft}.expert", cfg.objectives[node.draft].expert)
-    draft = Draft(model=alone, steer=alone is None, gamma=node.gamma)
+    draft = Draft(model=alone, steer=alone is None, gamma=node.gamma, gamma_schedule=node.gamma_schedule)
     draft.slot(Plan(build_base(cfg), build_objectives(cfg)))  # refused here, before any weights load
     return draft
 

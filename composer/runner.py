@@ -71,6 +71,8 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
     if draft is not None:
         summary["speculative"] = {
             "gamma": draft.gamma,
+            "gamma_schedule": draft.gamma_schedule,
+            "mean_gamma": round(draft.stats.mean_gamma, 4),
             "acceptance_rate": round(draft.stats.acceptance_rate, 4),
             "tokens_per_round": round(draft.stats.tokens_per_round, 4),
         }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import LogitsProcessorList
@@ -34,6 +35,10 @@ class SpeculationStats:
     tested: int = 0  # drafted tokens that met the acceptance test (those after a row's rejection never do)
     accepted: int = 0
     committed: int = 0  # tokens kept, summed over rows and rounds
+    batches: int = 0  # rounds, each counted once whatever its rows
+    drafted: int = 0  # tokens drafted per row, summed over rounds
+    planned: int = 0  # the latest round's gamma as the schedule set it (before the cap at the tokens left)
+    all_accepted: bool = False  # did every row of the latest round accept all its drafts
 
     @property
     def acceptance_rate(self) -> float:
@@ -43,15 +48,26 @@ class SpeculationStats:
     def tokens_per_round(self) -> float:
         return self.committed / self.rounds if self.rounds else 0.0
 
+    @property
+    def mean_gamma(self) -> float:
+        return self.drafted / self.batches if self.batches else 0.0
+
 
 @dataclass(frozen=True)
 class Draft:
     """How to propose tokens. ``model`` must be one of the composition's members; None means the anti-expert
-    that all objectives share. ``steer`` adds the objectives' weighted differences to the draft too."""
+    that all objectives share. ``steer`` adds the objectives' weighted differences to the draft too.
+
+    ``gamma_schedule`` follows transformers' ``num_assistant_tokens_schedule``: "constant" drafts ``gamma``
+    tokens every round; "heuristic" starts at ``gamma`` and drafts two more after a round in which every row
+    accepted all its drafts, one fewer (at least one) after any rejection, carried over from one generate
+    call to the next. It depends on acceptances only, so a seeded run repeats exactly.
+    """
 
     model: Member | ModelSpec | str | None = None
     steer: bool = True
     gamma: int = 4
+    gamma_schedule: Literal["constant", "heuristic"] = "constant"
     stats: SpeculationStats = field(default_factory=SpeculationStats, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +76,15 @@ class Draft:
         if self.model is not None and not isinstance(self.model, str | ModelSpec | Member):
             raise UserInputError(f"draft model {self.model!r}: give a model path, a ModelSpec or a Member")
         check_whole("draft gamma", self.gamma, minimum=1)
+        if self.gamma_schedule not in ("constant", "heuristic"):
+            raise UserInputError(f"gamma_schedule={self.gamma_schedule!r}: use 'constant' or 'heuristic'")
+
+    def next_gamma(self) -> int:
+        """Tokens to draft in the next round, before the cap at the tokens left."""
+        stats = self.stats
+        if self.gamma_schedule == "constant" or stats.planned == 0:
+            return self.gamma
+        return stats.planned + 2 if stats.all_accepted else max(1, stats.planned - 1)
 
     def slot(self, plan: Plan) -> Slot:
         """The draft's base among the plan's streams, so that it costs no extra model."""
@@ -111,8 +136,11 @@ def speculate(
             return
         rows, (history,) = drop_finished(session, rows, ended, history)
         generated = session.steps + 1
-        gamma = min(draft.gamma, config.max_new_tokens - int(generated.min()) - 1)
+        planned = draft.next_gamma()
+        gamma = min(planned, config.max_new_tokens - int(generated.min()) - 1)
         tokens, kept, composed = speculator.round(history, generated, gamma)
+        if gamma:  # a round without drafts (one token left) says nothing of the draft
+            draft.stats.planned, draft.stats.all_accepted = planned, bool((kept == gamma + 1).all())
         for j in range(int(kept.max())):
             reached = ((kept > j) & (generated + j < config.max_new_tokens)).nonzero()[:, 0]
             if len(reached):
@@ -236,6 +264,8 @@ class _Speculator:
             if not bool(testing.any()):
                 break
         stats.rounds += rows
+        stats.batches += 1
+        stats.drafted += gamma
         stats.committed += int(kept.sum())
         return tokens, kept.cpu(), composed
 

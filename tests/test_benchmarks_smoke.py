@@ -60,11 +60,13 @@ def test_speculation_breakdown_counts_rounds_and_bonus_forwards(tmp_path):
     objective = Objective("o", Member(ModelSpec(family.experts[0])), Member(ModelSpec(family.anti)))
     composer = Composer(family.base, [objective])
     composer.eos_ids = set()
-    cell = measure(composer, ["Question: how many apples"], 12, [2], repeats=1, eager=composer)
-    (row,) = cell["rows"]
+    cell = measure(composer, ["Question: how many apples"], 12, [2], repeats=1, eager=composer, heuristic=2)
+    row, heuristic = cell["rows"]
+    assert heuristic["schedule"] == "heuristic" and heuristic["mean_gamma"] > 0
     assert row["tokens_per_round"] * row["rounds"] == pytest.approx(11)  # all but the prefill's token
     assert 0 <= row["bonus_fraction"] <= 1
     assert row["draft_ms_per_round"] > 0 and row["verify_ms_per_round"] > 0 and row["bound"] > 0
     assert row["speedup_over_eager_plain"] > 0  # --compile's reference column (here the same composer)
     table = markdown({"command": "c", "repeats": 1, "cells": [{"k": 1, "prompt": 4, "new": 12, "batch": 1, **cell}]})
     assert "eager plain" in table and "\n|---|---|---|---|---|---|---|\n" in table  # seven columns
+    assert "| heuristic from 2 (mean " in table

@@ -111,6 +111,7 @@ def test_a_sweep_over_speculation_writes_the_same_greedy_text_and_reports_accept
     metrics = [json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1")]
     assert "speculative" not in metrics[0]
     assert metrics[1]["speculative"]["gamma"] == 3 and 1 <= metrics[1]["speculative"]["tokens_per_round"] <= 4
+    assert metrics[1]["speculative"]["gamma_schedule"] == "constant" and metrics[1]["speculative"]["mean_gamma"] > 0
     assert all(r["tokens"] == 12 for r in plain)  # no end-of-sequence in 12 tokens of the toy models
     report = build_report(sweep)  # the sweep's own table compares the speeds
     assert all(job.tokens_per_s > 0 for job in report.jobs)

@@ -104,6 +104,10 @@ def test_speculative_decoding_is_off_by_default_and_drafts_as_asked():
     alone = build_draft(cfg)
     code = next(o for o in build_objectives(cfg) if o.name == "code")
     assert alone.gamma == 2 and not alone.steer and alone.model == code.expert
+    assert alone.gamma_schedule == "constant"
+    assert build_draft(compose_run("speculative.gamma=2", "speculative.gamma_schedule=heuristic")).gamma_schedule == (
+        "heuristic"
+    )
 
 
 @pytest.mark.parametrize(
@@ -111,6 +115,7 @@ def test_speculative_decoding_is_off_by_default_and_drafts_as_asked():
     [
         (["speculative.gamma=-1"], "speculative.gamma=-1 must be a whole number >= 0"),
         (["speculative.gamma=2", "speculative.draft=poetry"], "speculative.draft='poetry' is not an objective"),
+        (["speculative.gamma=2", "speculative.gamma_schedule=adaptive"], "use constant or heuristic"),
         (["speculative.gamma=2", "objectives.code.anti.path=elsewhere"], "do not share one anti-expert"),
     ],
 )

@@ -25,19 +25,54 @@ def objectives(paths: dict[str, str]) -> list[Objective]:
     ]
 
 
-@pytest.mark.parametrize("gamma", [1, 3, 6])
-def test_greedy_tokens_equal_plain_greedy(tiny, gamma):
+@pytest.mark.parametrize(("gamma", "schedule"), [(1, "constant"), (3, "constant"), (6, "constant"), (2, "heuristic")])
+def test_greedy_tokens_equal_plain_greedy(tiny, gamma, schedule):
     composer = Composer(tiny["base"], objectives(tiny))
     prompts = ["the cat sat on", "hello world please help me write a function", "x"]
     config = DecodingConfig(max_new_tokens=14)
     plain = composer.generate(prompts, config, trace=True)
-    draft = Draft(gamma=gamma)
+    draft = Draft(gamma=gamma, gamma_schedule=schedule)
     fast = composer.generate(prompts, config, draft=draft, trace=True)
     assert [f.token_ids for f in fast] == [p.token_ids for p in plain]
     for f, p in zip(fast, plain, strict=True):  # pytest.approx compares flat lists, not lists of dicts
         contributions = [[v for t in c.trace for v in t.contributions.values()] for c in (f, p)]
         assert contributions[0] == pytest.approx(contributions[1], rel=1e-5)
     assert draft.stats.rounds > 0 and draft.stats.tested > 0
+
+
+def test_the_heuristic_schedule_drafts_more_after_full_acceptance_and_fewer_after_a_rejection(tiny, monkeypatch):
+    """transformers' num_assistant_tokens_schedule="heuristic": +2 when every row accepted all, else -1 (>= 1),
+    carried over from one generate call to the next."""
+    composer = Composer(tiny["base"], objectives(tiny))
+    draft = Draft(gamma=3, gamma_schedule="heuristic")
+    planned, rounds = [], []
+    next_gamma, accept = Draft.next_gamma, _Speculator._accept
+
+    def planning(self):
+        planned.append(next_gamma(self))
+        return planned[-1]
+
+    def recorded(self, head, bonus, drafts, *rest):
+        tokens, kept, composed = accept(self, head, bonus, drafts, *rest)
+        rounds.append((drafts.shape[1], bool((kept == drafts.shape[1] + 1).all())))
+        return tokens, kept, composed
+
+    monkeypatch.setattr(Draft, "next_gamma", planning)
+    monkeypatch.setattr(_Speculator, "_accept", recorded)
+    config = DecodingConfig(max_new_tokens=40)
+    composer.generate(["the cat sat on", "hello world"], config, draft=draft)
+    composer.generate(["x y"], config, draft=draft)
+    assert planned[0] == 3 and len(planned) == len(rounds)
+    for before, (gamma, all_accepted), after in zip(planned, rounds, planned[1:], strict=False):
+        if gamma == 0:  # one token left: nothing was drafted, nothing learnt
+            assert after == before
+        else:
+            assert after == (before + 2 if all_accepted else max(1, before - 1))
+    assert {all_accepted for gamma, all_accepted in rounds if gamma} == {True, False}  # both rules ran
+    assert draft.stats.mean_gamma == pytest.approx(sum(g for g, _ in rounds) / len(rounds))
+    assert Draft(gamma=3).next_gamma() == 3
+    with pytest.raises(UserInputError, match="use 'constant' or 'heuristic'"):
+        Draft(gamma_schedule="adaptive")
 
 
 def test_the_draft_streams_run_past_the_last_draft_only_for_a_bonus_token(tiny, monkeypatch):
