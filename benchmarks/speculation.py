@@ -105,7 +105,7 @@ def measure(
             started = time.perf_counter()
             composer.generate(texts, config, draft=probe)
             total = time.perf_counter() - started
-        gamma = draft.stats.mean_gamma
+        gamma = probe.stats.mean_gamma  # the breakdown's own rounds (a heuristic schedule's gamma moves)
         rounds, units = spent["verify calls"], sum(1 for key in spent if key.startswith("unit "))
         bonus = (spent["draft calls"] / units - spent["drafted"]) / rounds  # rounds that ran the bonus position
         draft_ms, verify_ms = 1e3 * spent["draft"] / rounds, 1e3 * spent["verify"] / rounds
@@ -116,7 +116,7 @@ def measure(
             {
                 "gamma": draft.gamma,
                 "schedule": draft.gamma_schedule,
-                "mean_gamma": gamma,
+                "mean_gamma": draft.stats.mean_gamma,
                 "speedup": seconds["plain"] / seconds[name],
                 "tokens_per_s": len(texts) * new / seconds[name],
                 "acceptance_rate": draft.stats.acceptance_rate,
