@@ -23,7 +23,7 @@ from composer.engine import Composer
 from composer.metrics import Metric
 from composer.objectives import Member, Objective
 from composer.plan import Plan
-from composer.speculative import Draft
+from composer.speculative import GAMMA_SCHEDULES, Draft
 from experts import family
 from experts.errors import UserInputError, check_whole, first_line
 from experts.loading import ModelSpec
@@ -156,8 +156,8 @@ def build_draft(cfg: DictConfig) -> Draft | None:
     """The speculative draft the run asks for (``speculative.gamma`` > 0), or None."""
     node = cfg.speculative
     check_whole("speculative.gamma", node.gamma, minimum=0, hint=" (0: no speculation)")
-    if node.gamma_schedule not in ("constant", "heuristic"):
-        raise UserInputError(f"speculative.gamma_schedule={node.gamma_schedule!r}: use constant or heuristic")
+    if node.gamma_schedule not in GAMMA_SCHEDULES:
+        raise UserInputError(f"speculative.gamma_schedule={node.gamma_schedule!r}: use one of {GAMMA_SCHEDULES}")
     if node.gamma == 0:
         return None
     if node.draft is not None and node.draft not in cfg.objectives:

@@ -26,10 +26,13 @@ from composer.session import Composed, Session
 from experts.errors import UserInputError, check_whole
 from experts.loading import ModelSpec
 
+GAMMA_SCHEDULES = ("constant", "heuristic")
+
 
 @dataclass
 class SpeculationStats:
-    """Counts over every round and row since the draft was made; both rates are per row."""
+    """Counts over every round and row since the draft was made (both rates are per row), and the state of
+    the draft's gamma schedule (``planned``, ``all_accepted``)."""
 
     rounds: int = 0  # rows that took part, summed over rounds
     tested: int = 0  # drafted tokens that met the acceptance test (those after a row's rejection never do)
@@ -76,8 +79,8 @@ class Draft:
         if self.model is not None and not isinstance(self.model, str | ModelSpec | Member):
             raise UserInputError(f"draft model {self.model!r}: give a model path, a ModelSpec or a Member")
         check_whole("draft gamma", self.gamma, minimum=1)
-        if self.gamma_schedule not in ("constant", "heuristic"):
-            raise UserInputError(f"gamma_schedule={self.gamma_schedule!r}: use 'constant' or 'heuristic'")
+        if self.gamma_schedule not in GAMMA_SCHEDULES:
+            raise UserInputError(f"gamma_schedule={self.gamma_schedule!r}: use one of {GAMMA_SCHEDULES}")
 
     def next_gamma(self) -> int:
         """Tokens to draft in the next round, before the cap at the tokens left."""

@@ -115,7 +115,7 @@ def test_speculative_decoding_is_off_by_default_and_drafts_as_asked():
     [
         (["speculative.gamma=-1"], "speculative.gamma=-1 must be a whole number >= 0"),
         (["speculative.gamma=2", "speculative.draft=poetry"], "speculative.draft='poetry' is not an objective"),
-        (["speculative.gamma=2", "speculative.gamma_schedule=adaptive"], "use constant or heuristic"),
+        (["speculative.gamma=2", "speculative.gamma_schedule=adaptive"], "use one of \\('constant', 'heuristic'\\)"),
         (["speculative.gamma=2", "objectives.code.anti.path=elsewhere"], "do not share one anti-expert"),
     ],
 )

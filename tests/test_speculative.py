@@ -71,7 +71,7 @@ def test_the_heuristic_schedule_drafts_more_after_full_acceptance_and_fewer_afte
     assert {all_accepted for gamma, all_accepted in rounds if gamma} == {True, False}  # both rules ran
     assert draft.stats.mean_gamma == pytest.approx(sum(g for g, _ in rounds) / len(rounds))
     assert Draft(gamma=3).next_gamma() == 3
-    with pytest.raises(UserInputError, match="use 'constant' or 'heuristic'"):
+    with pytest.raises(UserInputError, match="use one of \\('constant', 'heuristic'\\)"):
         Draft(gamma_schedule="adaptive")
 
 
