@@ -39,7 +39,7 @@ FORMATS = ("raw", "chat", "template")
 class ModelConfig:
     path: str = MISSING
     dtype: str = "float32"
-    device: str | None = None
+    device: Any = None  # a device (cpu, cuda:1) or an accelerator index (0), as transformers reads it
     device_map: Any = None  # a strategy (auto), a device, or {module: device} (transformers' forms)
     trust_remote_code: bool = False
     revision: str | None = None

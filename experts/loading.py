@@ -28,8 +28,9 @@ class ModelSpec:
 
     path: str
     dtype: str = "float32"
-    device: str | None = None
-    device_map: str | Mapping[str, int | str] | None = None  # a mapping is held as (module, device) pairs, sorted
+    device: str | int | torch.device | None = None  # held as torch spells it: 'cpu', 'cuda:0'
+    # transformers' forms; a per-module mapping is held as sorted (module, device) pairs, so that specs hash
+    device_map: str | int | torch.device | Mapping[str, int | str] | tuple[tuple[str, int | str], ...] | None = None
     trust_remote_code: bool = False
     revision: str | None = None
 
@@ -38,11 +39,12 @@ class ModelSpec:
             raise UserInputError(
                 "model path is empty: give a local folder or a hub id such as 'meta-llama/Llama-2-7b-hf'"
             )
-        if isinstance(self.device_map, Mapping):  # transformers' per-module map; pairs keep the spec hashable
+        if isinstance(self.device_map, Mapping):
             object.__setattr__(self, "device_map", tuple(sorted(self.device_map.items(), key=lambda p: str(p[0]))))
         if isinstance(self.device_map, tuple):
             _check_module_map(self.path, self.device_map)
-        elif self.device_map is not None and not isinstance(self.device_map, str):
+            object.__setattr__(self, "device_map", tuple((m, _canonical(w)) for m, w in self.device_map))
+        elif self.device_map is not None and not isinstance(self.device_map, str | int | torch.device):
             raise UserInputError(
                 f"model {self.path!r}: device_map must be a strategy (auto), a device, or a mapping of module "
                 f"names to devices, not {type(self.device_map).__name__}"
@@ -52,18 +54,30 @@ class ModelSpec:
         if self.device is not None and self.device_map is not None:
             raise UserInputError(f"model {self.path!r}: set either device or device_map, not both")
         where = self.placement
-        if where is not None and not _torch_device(where):
+        if where is not None and (where == "disk" or not _is_device(where)):
             raise UserInputError(
                 f"model {self.path!r}: {where!r} is not a device; use cpu, cuda, cuda:1 or mps"
-                + (" (device_map: or auto, balanced, sequential)" if self.device_map else "")
+                + (" (device_map: or auto, balanced, sequential)" if self.device_map is not None else "")
             )
+        # one device, however it is spelt (0 or 'cuda:0', 'cpu' or torch.device('cpu')), is one spec: one load
+        if self.device is not None:
+            object.__setattr__(self, "device", _canonical(self.device))
+        elif self.device_map not in (None, *_MAP_STRATEGIES) and not isinstance(self.device_map, tuple):
+            object.__setattr__(self, "device_map", _canonical(self.device_map))
 
     @property
-    def placement(self) -> str | None:
+    def placement(self) -> str | int | None:
         """The one device the model is asked to go to, if any (a device map's strategy is not one)."""
-        if isinstance(self.device_map, str) and self.device_map not in _MAP_STRATEGIES:
+        if isinstance(self.device_map, str | int | torch.device) and self.device_map not in _MAP_STRATEGIES:
             return self.device_map
         return self.device
+
+    @property
+    def devices(self) -> set[str | int]:
+        """Every device the spec names: its placement, or each of its module map's (not "disk")."""
+        if isinstance(self.device_map, tuple):
+            return {where for _, where in self.device_map if where != "disk"}
+        return set() if self.placement is None else {self.placement}
 
     @property
     def name(self) -> str:
@@ -98,6 +112,17 @@ def _torch_device(where: object) -> bool:
     except (RuntimeError, TypeError):
         return False
     return True
+
+
+def _canonical(where: int | str) -> int | str:
+    """A device as torch spells it; an index, as transformers reads it, names the accelerator of that index
+    where the machine has one, and stays an index where it has none."""
+    if where == "disk":
+        return where
+    if isinstance(where, int):
+        accelerator = torch.accelerator.current_accelerator()
+        return where if accelerator is None else f"{accelerator.type}:{where}"
+    return str(torch.device(where))
 
 
 @dataclass(frozen=True)
@@ -158,15 +183,18 @@ def check_folder(spec: ModelSpec) -> None:
 
 def _check_available(spec: ModelSpec) -> None:
     """A device that this machine lacks is the user's to change, not a traceback from deep in torch."""
-    if spec.placement is None:
-        return
-    device = torch.device(spec.placement)
-    count = _device_count(device.type)
-    if count is not None and (device.index or 0) >= count:
-        raise UserInputError(
-            f"model {spec.path!r}: device {spec.placement!r} is not on this machine ({count} {device.type} "
-            "device(s)); use another, or cpu"
-        )
+    for where in spec.devices:
+        if isinstance(where, int):  # still an index: this machine has no accelerator
+            raise UserInputError(
+                f"model {spec.path!r}: device {where!r} names an accelerator and this machine has none; use cpu"
+            )
+        device = torch.device(where)
+        count = _device_count(device.type)
+        if count is not None and (device.index or 0) >= count:
+            raise UserInputError(
+                f"model {spec.path!r}: device {where!r} is not on this machine ({count} {device.type} "
+                "device(s)); use another, or cpu"
+            )
 
 
 def _device_count(kind: str) -> int | None:

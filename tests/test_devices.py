@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from composer import Composer, DecodingConfig, Member, ModelSpec, Objective, UserInputError
 from composer.lanes import Lanes
 from experts.devices import to_device
-from experts.loading import register
+from experts.loading import load, register
 
 
 def test_a_registered_model_composes_as_its_folder_does(tiny):
@@ -67,6 +67,22 @@ def test_a_per_module_device_map_loads_once_and_composes(tiny):
     ]:
         with pytest.raises(UserInputError, match=message):
             ModelSpec(tiny["base"], device_map=bad)
+
+
+def test_one_device_spelt_two_ways_is_one_spec_and_one_load(tiny):
+    """A spec is the key of the loaded copies: 'cpu' and torch.device('cpu') once loaded the weights twice."""
+    assert ModelSpec(tiny["anti"], device=torch.device("cpu")) == ModelSpec(tiny["anti"], device="cpu")
+    assert ModelSpec(tiny["anti"], device_map=torch.device("cpu")).device_map == "cpu"
+    mapped = ModelSpec(tiny["anti"], device_map={"lm_head": torch.device("cpu"), "model": "cpu"})
+    assert mapped == ModelSpec(tiny["anti"], device_map={"model": "cpu", "lm_head": "cpu"})
+    assert load(ModelSpec(tiny["anti"], device=torch.device("cpu"))) is load(ModelSpec(tiny["anti"], device="cpu"))
+
+
+@pytest.mark.skipif(torch.accelerator.current_accelerator() is not None, reason="needs a machine without one")
+@pytest.mark.parametrize("where", [{"device": 0}, {"device_map": 0}, {"device_map": {"model": "cpu", "lm_head": 0}}])
+def test_an_accelerator_index_without_an_accelerator_is_refused_in_one_line(tiny, where):
+    with pytest.raises(UserInputError, match="device 0 names an accelerator and this machine has none; use cpu"):
+        Composer(ModelSpec(tiny["anti"], **where))
 
 
 def test_to_device_converts_on_the_host():
