@@ -18,9 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from composer.runner import METRICS_NAME  # noqa: E402
 from experts.errors import UserInputError  # noqa: E402
-
-METRICS_NAME = "metrics.json"
 
 
 @dataclass
