@@ -33,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 from composer import report
 from composer.config import build_base, build_decoding, build_draft, build_metrics, build_objectives, register_configs
 from composer.plan import Plan
-from composer.runner import METRICS_NAME, record_failure, run_job
+from composer.runner import METRICS_NAME, Interrupted, record_failure, run_job
 from composer.weights import row_weights
 from experts.errors import UserInputError
 from experts.loading import check_folder
@@ -74,6 +74,9 @@ def run(cfg: DictConfig) -> list[float] | None:
         except UserInputError as err:  # exit here: past this point Hydra would print an extra line
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except Interrupted as err:
+            print(err, file=sys.stderr)
+            sys.exit(130)
         return None
     try:
         return list(run_job(cfg, job_dir, overrides)["metrics"].values())
@@ -192,6 +195,9 @@ def _in_config_library(frame: traceback.FrameSummary) -> bool:
 def _edge(command: Callable[[], int]) -> int:
     try:
         return command()
+    except KeyboardInterrupt:  # Ctrl-C in a sweep, or before decoding began: what is written stays
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (`proxy-compose report DIR | head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

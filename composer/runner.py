@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from composer.config import build_composer, build_decoding, build_draft, build_metrics
@@ -27,6 +27,10 @@ from experts.errors import UserInputError, check_whole, first_line
 
 OUTPUT_NAME = "completions.jsonl"
 METRICS_NAME = "metrics.json"
+SETTINGS_SUFFIX = ".settings.json"  # beside the output: what its records were generated with, for resume
+# keys that may change between a run and its resume: where records go, how many at once, how fast, which
+# prompts (checked record by record); the rest decides what a record holds
+RESUMABLE_KEYS = ("prompts", "prompts_file", "output", "resume", "batch_size", "cuda_graphs", "compile", "speculative")
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,18 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
     decoding = build_decoding(cfg)
     draft = build_draft(cfg)
     check_whole("batch_size", cfg.batch_size, minimum=1)
-    done = prepare_output(output, cfg.resume)
+    if cfg.prompts_file and output.resolve() == Path(cfg.prompts_file).resolve():
+        raise UserInputError(f"output {str(output)!r} is the prompts file; choose another output")
+    done = prepare_output(output, cfg.resume, run_settings(cfg), items)
     composer = build_composer(cfg)
     check_weights(items, [o.name for o in composer.objectives])
     finished = {record["id"] for record in done}
     todo = [item for item in items if item.id not in finished]
     decoding_started = time.monotonic()
-    new = run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done), draft)
+    try:
+        new = run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done), draft)
+    except KeyboardInterrupt:
+        raise Interrupted(output) from None
     decoding_seconds = time.monotonic() - decoding_started
     records = done + new
     tokens = sum(sum(_each(r["tokens"])) for r in new)
@@ -78,6 +87,27 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
         }
     write_metrics(job_dir, summary)
     return summary
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during decoding: every finished record is on disk, and the message says how to finish."""
+
+    def __init__(self, output: Path) -> None:
+        super().__init__(
+            f"interrupted; the finished records are in {str(output)!r}: add output={output} resume=true to finish"
+        )
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What a record's content depends on: the resolved config less ``RESUMABLE_KEYS`` and the metrics (which
+    are recomputed over every record)."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(settings, dict)
+    for key in RESUMABLE_KEYS:
+        settings.pop(key, None)
+    for objective in (settings.get("objectives") or {}).values():
+        objective.pop("metric", None)
+    return settings
 
 
 def record_failure(job_dir: Path, overrides: Sequence[str], error: BaseException) -> None:
@@ -109,7 +139,15 @@ def read_prompt_file(path: Path) -> list[PromptItem]:
         raise UserInputError(f"prompts_file {str(path)!r} is a folder; give a .txt or .jsonl file")
     if not path.is_file():
         raise UserInputError(f"prompts_file {str(path)!r} not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix not in (".txt", ".jsonl"):
+        raise UserInputError(
+            f"prompts_file {str(path)!r}: give a .jsonl file (a {{\"id\", \"prompt\"}} record a line) or a .txt "
+            "file (a prompt a line)"
+        )
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"prompts_file {str(path)!r} is not UTF-8 (byte {err.start}); save it as UTF-8") from None
     if path.suffix != ".jsonl":
         items = [PromptItem(id=n, prompt=line) for n, line in enumerate(lines, start=1) if line.strip()]
     else:
@@ -159,21 +197,33 @@ def check_weights(items: Sequence[PromptItem], names: list[str]) -> None:
                 raise UserInputError(f"prompt {item.id!r}: weight {name}={value!r} must be a finite number")
 
 
-def prepare_output(output: Path, resume: bool) -> list[dict[str, Any]]:
-    """The records already finished (with resume), after cutting off a last line torn by a kill."""
+def prepare_output(
+    output: Path, resume: bool, settings: dict[str, Any] | None = None, items: Sequence[PromptItem] = ()
+) -> list[dict[str, Any]]:
+    """The records already finished (with resume), after cutting off a last line torn by a kill. They must be
+    this run's: written with the same ``settings`` (kept beside the output) for the same prompts."""
+    if output.is_dir():
+        raise UserInputError(f"output {str(output)!r} is a folder; give a file in it, e.g. {output / OUTPUT_NAME}")
+    sidecar = output.with_name(output.name + SETTINGS_SUFFIX)
     if not output.exists():
         probe = output.resolve()  # a dangling link's target: the link itself stays
         try:  # fail now, not after the models load: create the file once to learn that it can be
             probe.parent.mkdir(parents=True, exist_ok=True)
             probe.touch()
             probe.unlink()
+            if settings is not None:
+                sidecar.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         except OSError as err:
             raise UserInputError(
                 f"output {str(output)!r} cannot be written ({err.strerror or err}); choose another output"
             ) from None
         return []
     if not resume:
-        raise UserInputError(f"output {str(output)!r} exists; pass resume=true to finish it, or choose another output")
+        raise UserInputError(
+            f"output {str(output)!r} exists; pass resume=true to finish it (same settings), or choose another output"
+        )
+    if settings is not None and sidecar.is_file():
+        _check_settings(output, json.loads(sidecar.read_text(encoding="utf-8")), settings)
     data = output.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
     if len(complete) < len(data):
@@ -181,12 +231,58 @@ def prepare_output(output: Path, resume: bool) -> list[dict[str, Any]]:
             f.truncate(len(complete))
             os.fsync(f.fileno())
     records = []
-    for n, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+    for n, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), start=1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             raise UserInputError(f"output {str(output)!r} line {n} is damaged; not resuming over it") from None
+        if not isinstance(record, dict) or not {"id", "prompt", "text"} <= record.keys():
+            raise UserInputError(f"output {str(output)!r} line {n} is not a record of a run; choose another output")
+        records.append(record)
+    if items:
+        _check_prompts(output, records, items)
     return records
+
+
+def _check_settings(output: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
+    """A resumed output's records must not mix two configurations (a sweep sharing one output would)."""
+    old, new = _flat(before), _flat(now)
+    changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    if changed:
+        key = changed[0]
+        raise UserInputError(
+            f"output {str(output)!r} was written with {key}={old.get(key)!r}, this run has {new.get(key)!r}"
+            + (f" (and {len(changed) - 1} more setting(s))" if len(changed) > 1 else "")
+            + "; resume with the same settings, or choose another output (in a sweep, leave output unset: "
+            "each job writes its own folder)"
+        )
+
+
+def _check_prompts(output: Path, records: Sequence[dict[str, Any]], items: Sequence[PromptItem]) -> None:
+    """Each finished record must be one of this run's prompts, with its text and its own weights."""
+    by_id = {item.id: item for item in items}
+    for record in records:
+        item = by_id.get(record["id"])
+        if item is None:
+            raise UserInputError(
+                f"output {str(output)!r} holds id {record['id']!r}, which is not among this run's prompts; "
+                "resume with the same prompts, or choose another output"
+            )
+        weights = record.get("weights") or {}
+        given = (item.weights or {}).items()
+        same_weights = all(math.isclose(weights.get(k, math.nan), v, rel_tol=1e-6) for k, v in given)
+        if record["prompt"] != item.prompt or not same_weights:
+            raise UserInputError(
+                f"output {str(output)!r}: id {item.id!r} was generated for another prompt or other weights than "
+                "this run gives it; resume with the same prompts, or choose another output"
+            )
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} as {'a.b': 1}, so that a difference is named by its config key."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix.removesuffix("."): tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
 def run_prompts(

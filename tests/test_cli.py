@@ -131,6 +131,17 @@ def test_a_sweep_runs_on_the_joblib_launcher_and_its_failed_job_sets_the_exit_co
     assert again.returncode == 0, again.stderr  # job 1's failure, still on disk, is not this sweep's
 
 
+def test_a_sweep_sharing_one_output_fails_the_jobs_of_other_settings(plugin: Path, tmp_path: Path):
+    """With resume=true, job 1 once took job 0's records as its own and reported job 0's metrics."""
+    sweep, out = tmp_path / "sweep", tmp_path / "shared.jsonl"
+    args = ["-m", "recipe=toy", f"hydra.searchpath=[file://{plugin}]", f"hydra.sweep.dir={sweep}"]
+    result = cli(*args, "objectives.helpful.weight=0,0.5", f"output={out}", "resume=true", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert [job.status for job in build_report(sweep).jobs] == ["ok", "failed"]
+    assert "written with objectives.helpful.weight=0.0, this run has 0.5" in result.stderr
+    assert "in a sweep, leave output unset" in result.stderr
+
+
 def test_the_failed_jobs_callback_counts_this_sweeps_failures_and_unreadable_records(tmp_path: Path, monkeypatch):
     """Hydra turns a callback's exception into a warning (and the exit code into 0): nothing in it may raise."""
     monkeypatch.setattr(command_line, "FAILED_JOBS", [])
@@ -156,6 +167,7 @@ def test_the_failed_jobs_callback_counts_this_sweeps_failures_and_unreadable_rec
         ("prompts_file=missing.txt", "error: prompts_file 'missing.txt' not found"),
         ("prompts_file=.", "error: prompts_file '.' is a folder"),
         ("output=/proc/no/out.jsonl", "error: output '/proc/no/out.jsonl' cannot be written"),
+        ("output=. resume=true", "error: output '.' is a folder; give a file in it"),
         ("base.device=gpu", "error: model '"),
         ("compile=true cuda_graphs=true", "error: cuda_graphs and compile both replace the eager decoding step"),
     ],

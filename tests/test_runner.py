@@ -9,6 +9,7 @@ import pytest
 
 from composer import Chat, Composer, DecodingConfig, Member, ModelSpec, Objective
 from composer.runner import (
+    Interrupted,
     PromptItem,
     check_weights,
     load_prompts,
@@ -16,6 +17,7 @@ from composer.runner import (
     read_prompt_file,
     run_job,
     run_prompts,
+    run_settings,
 )
 from experts.errors import UserInputError
 
@@ -71,19 +73,88 @@ def test_per_prompt_weights_are_checked_before_decoding():
 
 def test_resume_cuts_a_torn_last_line_and_keeps_the_finished_records(tmp_path: Path):
     out = tmp_path / "out.jsonl"
-    out.write_bytes(b'{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n{"id": 3, "te')
+    out.write_bytes(b'{"id": 1, "prompt": "x", "text": "a"}\n{"id": 2, "prompt": "y", "text": "b"}\n{"id": 3, "te')
     assert [r["id"] for r in prepare_output(out, resume=True)] == [1, 2]
-    assert out.read_bytes() == b'{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n'
+    assert out.read_bytes() == b'{"id": 1, "prompt": "x", "text": "a"}\n{"id": 2, "prompt": "y", "text": "b"}\n'
 
 
 def test_an_existing_output_needs_resume_and_a_damaged_one_is_refused(tmp_path: Path):
     out = tmp_path / "out.jsonl"
-    out.write_text('{"id": 1}\nnot json\n{"id": 3}\n')
+    out.write_text('{"id": 1, "prompt": "x", "text": "a"}\nnot json\n{"id": 3}\n')
     with pytest.raises(UserInputError, match="exists; pass resume=true"):
         prepare_output(out, resume=False)
     with pytest.raises(UserInputError, match="line 2 is damaged"):
         prepare_output(out, resume=True)
     assert prepare_output(tmp_path / "new" / "out.jsonl", resume=False) == []
+
+
+def test_resume_refuses_an_output_written_with_other_settings(tmp_path: Path):
+    """A sweep sharing one output with resume=true once filled job 1's metrics with job 0's records."""
+    out = tmp_path / "out.jsonl"
+    settings = {"objectives": {"code": {"weight": 0.0}}, "decoding": {"max_new_tokens": 8}}
+    assert prepare_output(out, resume=False, settings=settings) == []
+    out.write_text('{"id": 1, "prompt": "x", "text": "a"}\n')
+    assert len(prepare_output(out, resume=True, settings=settings)) == 1
+    changed = {"objectives": {"code": {"weight": 0.5}}, "decoding": {"max_new_tokens": 16}}
+    with pytest.raises(UserInputError, match=r"written with decoding.max_new_tokens=8, this run has 16 \(and 1 more"):
+        prepare_output(out, resume=True, settings=changed)
+    with pytest.raises(UserInputError, match="written with objectives.code=None, this run has {}"):
+        prepare_output(out, resume=True, settings={**settings, "objectives": {"code": {}}})
+
+
+def test_resume_refuses_records_of_other_prompts_or_weights(tmp_path: Path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1, "prompt": "x", "text": "a", "weights": {"math": 0.1}}\n')
+    mine = [PromptItem(1, "x", {"math": 0.1}), PromptItem(2, "y")]
+    assert len(prepare_output(out, resume=True, items=mine)) == 1
+    for items in ([PromptItem(1, "another x"), PromptItem(2, "y")], [PromptItem(1, "x", {"math": 0.2})]):
+        with pytest.raises(UserInputError, match="id 1 was generated for another prompt or other weights"):
+            prepare_output(out, resume=True, items=items)
+    with pytest.raises(UserInputError, match="holds id 1, which is not among this run's prompts"):
+        prepare_output(out, resume=True, items=[PromptItem(2, "y")])
+    out.write_text('{"id": 1, "text": "a"}\n')
+    with pytest.raises(UserInputError, match="line 1 is not a record of a run"):
+        prepare_output(out, resume=True, items=mine)
+
+
+def test_an_output_that_is_a_folder_and_a_prompts_file_of_another_kind_are_refused(tmp_path: Path):
+    with pytest.raises(UserInputError, match="is a folder; give a file in it"):
+        prepare_output(tmp_path, resume=True)
+    with pytest.raises(UserInputError, match=r"give a .jsonl file .* or a .txt file"):
+        read_prompt_file(write_lines(tmp_path / "p.json", '["a", "b"]'))
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(UserInputError, match="is not UTF-8 \\(byte 3\\); save it as UTF-8"):
+        read_prompt_file(tmp_path / "latin1.txt")
+
+
+def test_run_settings_leave_out_what_may_change_on_resume():
+    from hydra import compose, initialize_config_dir
+
+    from composer.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["recipe=tiny", "batch_size=3", "output=x.jsonl"])
+        other = compose("config", overrides=["recipe=tiny", "compile=true", "speculative.gamma=4", "resume=true"])
+        longer = compose("config", overrides=["recipe=tiny", "decoding.max_new_tokens=99"])
+    assert run_settings(cfg) == run_settings(other) != run_settings(longer)
+    code = run_settings(cfg)["objectives"]["code"]
+    assert "metric" not in code and "weight" in code
+
+
+def test_ctrl_c_during_decoding_says_how_to_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from hydra import compose, initialize_config_dir
+
+    from composer import runner
+    from composer.cli import CONF_DIR
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_prompts", interrupted)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["recipe=tiny", f"output={tmp_path / 'a.jsonl'}"])
+    with pytest.raises(Interrupted, match=f"add output={tmp_path / 'a.jsonl'} resume=true to finish"):
+        run_job(cfg, tmp_path)
 
 
 def test_run_prompts_appends_one_flushed_record_per_prompt_with_its_weights(tiny: dict[str, str], tmp_path: Path):
