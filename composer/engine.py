@@ -19,7 +19,7 @@ from composer.vocab import common_vocab_width
 from composer.weights import WeightOverride, row_weights
 from experts.errors import UserInputError
 from experts.loading import LoadedModel, ModelSpec, load
-from experts.stream import left_pad
+from experts.stream import check_fits, left_pad
 
 
 @dataclass
@@ -87,6 +87,14 @@ class Composer:
     def session(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> Session:
         """Decoding state for a batch: the primitive that every decoding loop drives."""
         return self._session(prompts, weights, max_new_tokens)[0]
+
+    def check(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> None:
+        """Raise what ``generate`` would raise for these prompts (bad weights, guards, prompts empty or too long
+        for a member's context window) without running a model, so that a long run learns of a bad prompt
+        before its first batch rather than at it."""
+        row_weights(self.objectives, len(prompts), weights, self.override_guards)
+        for model, group in zip(self.models, render_rows(self.plan, self.models, prompts), strict=True):
+            check_fits(model, [len(row) for row in group], max_new_tokens)
 
     def _session(
         self, prompts: Sequence[str], weights: WeightOverride, max_new_tokens: int, draft: Draft | None = None

@@ -53,9 +53,9 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
         raise UserInputError(f"output {str(output)!r} is the prompts file; choose another output")
     done = prepare_output(output, cfg.resume, run_settings(cfg), items)
     composer = build_composer(cfg)
-    check_weights(items, [o.name for o in composer.objectives])
     finished = {record["id"] for record in done}
     todo = [item for item in items if item.id not in finished]
+    check_prompts(composer, todo, decoding.max_new_tokens)
     decoding_started = time.monotonic()
     try:
         new = run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done), draft)
@@ -187,14 +187,14 @@ def _jsonl_item(path: Path, n: int, line: str) -> PromptItem:
     return PromptItem(id=data["id"], prompt=data["prompt"], weights=weights)
 
 
-def check_weights(items: Sequence[PromptItem], names: list[str]) -> None:
-    """Per-prompt weights are checked before any decoding, so a bad record fails the run at once."""
+def check_prompts(composer: Composer, items: Sequence[PromptItem], max_new_tokens: int) -> None:
+    """Every prompt and its weights are checked before any decoding, so a bad one fails the run at once and
+    is named by its id."""
     for item in items:
-        for name, value in (item.weights or {}).items():
-            if name not in names:
-                raise UserInputError(f"prompt {item.id!r}: weights name unknown objective {name!r}; have {names}")
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise UserInputError(f"prompt {item.id!r}: weight {name}={value!r} must be a finite number")
+        try:
+            composer.check([item.prompt], None if item.weights is None else [item.weights], max_new_tokens)
+        except UserInputError as err:
+            raise UserInputError(f"prompt {item.id!r}: {err}") from None
 
 
 def prepare_output(

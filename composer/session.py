@@ -69,7 +69,7 @@ def render_rows(
     """
     for index, prompt in enumerate(prompts):
         if not prompt:
-            raise UserInputError(f"prompt {index} is empty; give it at least one character")
+            raise UserInputError(f"prompt {index} (counting from 0) is empty; give it at least one character")
     rows = []
     for model, formats in zip(models, plan.formats, strict=True):
         group = []

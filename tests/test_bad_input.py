@@ -34,7 +34,7 @@ def one_line_error(match: str) -> Iterator[None]:
 
 
 def test_empty_prompt(tiny):
-    with one_line_error("prompt 1 is empty"):
+    with one_line_error(r"prompt 1 \(counting from 0\) is empty"):
         Composer(tiny["base"], [pair(tiny)]).generate(["ok", ""])
 
 

@@ -11,7 +11,7 @@ from composer import Chat, Composer, DecodingConfig, Member, ModelSpec, Objectiv
 from composer.runner import (
     Interrupted,
     PromptItem,
-    check_weights,
+    check_prompts,
     load_prompts,
     prepare_output,
     read_prompt_file,
@@ -64,11 +64,21 @@ def test_a_prompts_file_replaces_the_recipe_prompts_and_no_prompts_is_refused(tm
         load_prompts([], None)
 
 
-def test_per_prompt_weights_are_checked_before_decoding():
-    with pytest.raises(UserInputError, match="prompt 'a': weights name unknown objective 'maths'"):
-        check_weights([PromptItem("a", "x", {"maths": 1.0})], ["math"])
-    with pytest.raises(UserInputError, match="prompt 'a': weight math=inf"):
-        check_weights([PromptItem("a", "x", {"math": float("inf")})], ["math"])
+def test_every_prompt_is_checked_before_decoding_and_named_by_its_id(tiny: dict[str, str]):
+    """A bad prompt once failed the run only when its batch came, after the batches before it had decoded."""
+    objective = Objective("math", Member(ModelSpec(tiny["expert_a"])), Member(ModelSpec(tiny["anti"])), protected=True)
+    composer = Composer(tiny["base"], [objective])
+    good = PromptItem(1, "the cat")
+    check_prompts(composer, [good, PromptItem("a", "x", {"math": 0.5})], max_new_tokens=8)
+    for bad, message in [
+        (PromptItem("a", "x", {"maths": 1.0}), r"prompt 'a': weights name unknown objective\(s\) \['maths'\]"),
+        (PromptItem("a", "x", {"math": float("inf")}), "prompt 'a': .*math.*finite"),
+        (PromptItem("a", "x", {"math": -0.5}), "prompt 'a': objective 'math': protected"),
+        (PromptItem(7, "the cat " * 200), "prompt 7: a prompt is .* tokens but model 'base' has a context window"),
+        (PromptItem(7, "the cat " * 62), "prompt 7: a prompt of .* plus max_new_tokens=8 exceeds"),
+    ]:
+        with pytest.raises(UserInputError, match=message):
+            check_prompts(composer, [good, bad], max_new_tokens=8)
 
 
 def test_resume_cuts_a_torn_last_line_and_keeps_the_finished_records(tmp_path: Path):
