@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ transformers.utils.logging.disable_progress_bar()  # the run shows its own bar o
 
 
 def main() -> None:
+    warnings.formatwarning = _one_line_warning
     args = sys.argv[1:]
     if args[:1] == ["report"]:
         sys.exit(_edge(lambda: report.main(args[1:])))
@@ -54,6 +56,11 @@ def main() -> None:
         sys.exit(_edge(lambda: validate(args[1:])))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach _edge instead of its multi-line printer
     sys.exit(_edge(_run_command))
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    """A warning as the command line shows it: one line, without the source line that raised it."""
+    return f"warning: {message}\n"
 
 
 def _run_command() -> int:

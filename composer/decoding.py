@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from transformers import (
 
 from composer.session import Session
 from experts.errors import UserInputError, check_whole
+
+_SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,13 @@ class DecodingConfig:
             raise UserInputError(f"decoding.stop={list(self.stop)!r} must be a list of non-empty strings")
         if self.num_return_sequences > 1 and not self.do_sample:
             raise UserInputError("num_return_sequences > 1 needs do_sample=true; greedy samples would be identical")
+        ignored = [name for name in _SAMPLING_ONLY if getattr(self, name) != getattr(DecodingConfig, name)]
+        if ignored and not self.do_sample:  # transformers' GenerationConfig logs the same
+            warnings.warn(
+                f"decoding: {', '.join(ignored)} apply only when sampling; greedy decoding ignores them (set "
+                "do_sample=true, or leave them unset)",
+                stacklevel=3,
+            )
 
     def processors(self) -> LogitsProcessorList:
         """Built-ins first, then the sampling warpers in transformers' own order."""

@@ -1,7 +1,9 @@
 """Decoding features: sampling, seeds, several samples, stop strings, EOS, penalties, streaming."""
 
 import copy
+import warnings
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,3 +147,12 @@ def test_several_samples_see_their_own_prompt_as_history(tiny, monkeypatch):
     history = seen[0].tolist()
     assert len(history) == 4 and all(len(row) == len(cat) for row in history)
     assert history[0] == history[1] == cat and history[2][-len(dog) :] == history[3][-len(dog) :] == dog
+
+
+def test_sampling_knobs_under_greedy_decoding_warn_as_transformers_does():
+    with pytest.warns(UserWarning, match="temperature, top_p apply only when sampling; greedy decoding ignores them"):
+        DecodingConfig(temperature=0.3, top_p=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DecodingConfig(do_sample=True, temperature=0.3, top_k=5, top_p=0.5, min_p=0.1)
+        DecodingConfig(repetition_penalty=1.2)
