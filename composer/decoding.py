@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from transformers import (
@@ -112,6 +113,21 @@ def drop_finished(
     index = torch.tensor(keep)
     session.select(index)
     return rows[index], tuple(t.index_select(0, index.to(t.device)) for t in per_row)
+
+
+def as_decoding(config: DecodingConfig | Mapping[str, Any] | None) -> DecodingConfig:
+    """A config given as a DecodingConfig, a mapping of its fields (as transformers' generate takes keyword
+    arguments), or None for the defaults."""
+    if config is None:
+        return DecodingConfig()
+    if isinstance(config, DecodingConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise UserInputError(f"config={config!r}: give a DecodingConfig or a mapping of its fields")
+    unknown = sorted(set(config) - {f.name for f in fields(DecodingConfig)})
+    if unknown:
+        raise UserInputError(f"config names unknown decoding setting(s) {unknown}; see DecodingConfig's fields")
+    return DecodingConfig(**config)
 
 
 def _number(key: str, value: object, low: float, high: float = math.inf, low_open: bool = False) -> None:

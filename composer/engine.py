@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
-from composer.decoding import DecodingConfig, choose, drop_finished
+from composer.decoding import DecodingConfig, as_decoding, choose, drop_finished
 from composer.objectives import Member, Objective, as_member
 from composer.plan import Plan
 from composer.scoring import ContinuationScore, score_continuations
@@ -141,7 +142,7 @@ class Composer:
     def generate(
         self,
         prompts: Sequence[str] | str,
-        config: DecodingConfig | None = None,
+        config: DecodingConfig | Mapping[str, Any] | None = None,
         weights: WeightOverride = None,
         trace: bool = False,
         draft: Draft | None = None,
@@ -150,7 +151,7 @@ class Composer:
 
         With a ``draft``, decoding is speculative: faster when the base dominates the cost, same distribution.
         """
-        config = config or DecodingConfig()
+        config = as_decoding(config)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         session, guard_notes = self._session(prompts, weights, config.max_new_tokens, draft)
         repeats = torch.arange(len(prompts)).repeat_interleave(config.num_return_sequences)
@@ -189,12 +190,14 @@ class Composer:
     def stream(
         self,
         prompt: str,
-        config: DecodingConfig | None = None,
+        config: DecodingConfig | Mapping[str, Any] | None = None,
         weights: WeightOverride = None,
         draft: Draft | None = None,
     ) -> Iterator[str]:
         """Text as it is produced, for one prompt; with a ``draft``, decoded speculatively (the same text)."""
-        config = config or DecodingConfig()
+        if not isinstance(prompt, str):
+            raise UserInputError(f"stream takes one prompt, a string, not {type(prompt).__name__}; loop for more")
+        config = as_decoding(config)
         if config.num_return_sequences != 1:
             config = replace(config, num_return_sequences=1)
         session = self._session([prompt], weights, config.max_new_tokens, draft)[0]

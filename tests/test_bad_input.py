@@ -186,3 +186,15 @@ def test_an_explicit_override_is_recorded(tiny):
     assert [r.guards_overridden for r in rows] == [[], composer.guard_notes]  # only the row that broke the guard
     with one_line_error("unknown objective"):
         Composer(tiny["base"], [guarded(tiny)], override_guards=["code"])
+
+
+def test_a_decoding_config_may_be_a_mapping_of_its_fields(tiny):
+    composer = Composer(tiny["base"], [pair(tiny)])
+    as_mapping = composer.generate(["the cat"], {"max_new_tokens": 4})[0].token_ids
+    assert as_mapping == composer.generate(["the cat"], DecodingConfig(max_new_tokens=4))[0].token_ids
+    with one_line_error(r"config names unknown decoding setting\(s\) \['max_tokens'\]"):
+        composer.generate(["the cat"], {"max_tokens": 4})
+    with one_line_error("config=4: give a DecodingConfig or a mapping of its fields"):
+        composer.generate(["the cat"], 4)
+    with one_line_error("stream takes one prompt, a string, not list"):
+        next(composer.stream(["the cat"], {"max_new_tokens": 4}))
