@@ -202,7 +202,10 @@ def build_format(key: str, node: DictConfig) -> PromptFormat:
     if node.system is not None and node.format != "chat":
         raise UserInputError(f"{key}.system is set but format is {node.format!r}; a system prompt needs format=chat")
     if (node.template is not None) != (node.format == "template"):
-        raise UserInputError(f"{key}: format=template and a template string go together; set both or neither")
+        raise UserInputError(
+            f"{key}: format=template and a template string go together; set both or neither "
+            f"({key}.template=null to drop the template)"
+        )
     if node.format == "chat":
         return Chat(system=node.system)
     if node.format == "template":

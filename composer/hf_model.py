@@ -107,6 +107,14 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _weights(self, batch: int, steering_weights: torch.Tensor | None) -> torch.Tensor:
         names = [o.name for o in self.composer.objectives]
+        if steering_weights is not None and not isinstance(steering_weights, torch.Tensor):
+            try:  # nested lists, as other generate() arguments may be
+                steering_weights = torch.as_tensor(steering_weights, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise UserInputError(
+                    f"steering_weights={steering_weights!r}: give a ({batch}, {len(names)}) tensor or nested list "
+                    "of numbers"
+                ) from None
         if steering_weights is not None and tuple(steering_weights.shape) != (batch, len(names)):
             raise UserInputError(
                 f"steering_weights has shape {tuple(steering_weights.shape)}; give ({batch}, {len(names)}): "

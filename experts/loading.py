@@ -152,6 +152,11 @@ IN_MEMORY_PREFIX = "memory:"
 def register(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ModelSpec:
     """A spec for a model already in memory (built from a config, fine-tuned in a notebook), so that it
     composes without a round trip through the disk; its dtype and device are the model's own."""
+    if not isinstance(model, PreTrainedModel) or not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise UserInputError(
+            f"register({name!r}, model, tokenizer) takes a transformers causal LM and its tokenizer, not "
+            f"{type(model).__name__} and {type(tokenizer).__name__}"
+        )
     dtype = next(model.parameters()).dtype
     names = {value: key for key, value in _DTYPES.items()}
     spec = ModelSpec(IN_MEMORY_PREFIX + name, dtype=names.get(dtype, "auto"))

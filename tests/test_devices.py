@@ -34,6 +34,8 @@ def test_registering_another_model_under_a_taken_name_is_refused(tiny):
         register("test-taken", other, tokenizer)
     with pytest.raises(UserInputError, match="never registered"):
         Composer(ModelSpec("memory:test-nobody"))
+    with pytest.raises(UserInputError, match="takes a transformers causal LM and its tokenizer, not .* and NoneType"):
+        register("test-untokenized", model, None)
 
 
 def test_a_registered_model_carries_its_own_dtype(tiny):

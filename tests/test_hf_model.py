@@ -52,6 +52,12 @@ def test_per_row_steering_weights(chat_composer):
     config = DecodingConfig(max_new_tokens=6)
     expected = chat_composer.generate(["the cat"] * 2, config, weights=[{"a": 2.0, "b": 0.0}, {"a": 0.0, "b": 1.0}])
     assert new_tokens(out, inputs) == [c.token_ids for c in expected]
+    as_lists = model.generate(
+        **inputs, steering_weights=rows.tolist(), max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None
+    )
+    assert torch.equal(as_lists, out)
+    with pytest.raises(UserInputError, match=r"steering_weights=.*: give a \(2, 2\) tensor or nested list"):
+        model.generate(**inputs, steering_weights=[["a", "b"], ["c", "d"]], max_new_tokens=2)
 
 
 def test_seeded_sampling_is_reproducible(chat_composer):
