@@ -137,7 +137,11 @@ def validate(overrides: list[str]) -> int:
     overrides = [text for text, o in zip(overrides, parsed, strict=True) if o.key_or_group != "recipe"]
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        names = chosen[-1] if chosen else loader.get_group_options("recipe", config_name="config", overrides=overrides)
+        known = loader.get_group_options("recipe", config_name="config", overrides=overrides)
+        names = chosen[-1] if chosen else known
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise UserInputError(f"validate: no recipe named {unknown[0]!r}; have {known}")
         failures = 0
         for name in names:
             try:

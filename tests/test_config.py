@@ -237,6 +237,8 @@ def test_validate_checks_the_recipes_named_and_the_users_own(tmp_path: Path, cap
         assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["mine:", "code_llama:"]
     assert validate(["recipe=tiny", "base.path=./no-such-folder"]) == 1
     assert "FAIL  tiny: model './no-such-folder' not found" in capsys.readouterr().out
+    with pytest.raises(UserInputError, match=r"validate: no recipe named 'nope'; have \[.*'mine'"):
+        validate(["recipe=tiny,nope", searchpath])
 
 
 def test_swapping_a_recipes_schedule_class_says_how(tmp_path: Path):
