@@ -32,14 +32,21 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from composer import report
-from composer.config import build_base, build_decoding, build_draft, build_metrics, build_objectives, register_configs
+from composer.config import (
+    CONF_DIR,
+    build_base,
+    build_decoding,
+    build_draft,
+    build_metrics,
+    build_objectives,
+    register_configs,
+)
 from composer.plan import Plan
 from composer.runner import METRICS_NAME, Interrupted, record_failure, run_job
 from composer.weights import row_weights
 from experts.errors import UserInputError
 from experts.loading import check_folder
 
-CONF_DIR = Path(__file__).parent / "_conf"  # a link to the repo's conf/ (a copy in the wheel)
 USER_ERRORS = (UserInputError, HydraException, OmegaConfBaseException)
 FAILED_JOBS: list[Path] = []  # the job folders (or metrics.json) of this sweep's failed jobs, for the exit code
 

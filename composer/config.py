@@ -29,6 +29,8 @@ from experts.errors import UserInputError, check_whole, first_line
 from experts.loading import ModelSpec
 from experts.prompts import Chat, PromptFormat, Raw, Template
 
+CONF_DIR = Path(__file__).parent / "_conf"  # a link to the repo's conf/ (a copy in the wheel)
+
 # The project's modules meant to be built from a config. Not all of composer.* and experts.*: those include
 # functions with side effects (experts.family.train.main retrains the family; the sandbox runs code).
 PROJECT_MODULES = ("composer.schedules", "composer.metrics")
