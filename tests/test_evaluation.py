@@ -81,3 +81,87 @@ def test_weight_selection_maximises_the_worst_margin_to_each_proxy(tmp_path, mon
     table = select_weight.markdown(result)
     assert "| 0.4 | 0.800 | 1.000 | 0.850 | -0.100 |" in table
     assert "| math 0.6 / safety 0.4 / code 0.4 (chosen) | 0.880 | 1.000 | 0.850 | -0.050 |" in table
+
+
+def refuse_to_run(*args, **kwargs):
+    raise AssertionError("the command ran an evaluation before checking its input")
+
+
+def run_main(main, argv: list[str], capsys) -> tuple[int, list[str]]:
+    """The command's exit code and the lines it wrote to stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("n", "message"),
+    [
+        ("0", "'0': give a whole number >= 1"),
+        ("-3", "'-3': give a whole number >= 1"),
+        ("two", "'two' is not a whole number"),
+    ],
+)
+def test_a_count_that_is_not_positive_is_refused_before_any_work(n, message, tmp_path, monkeypatch, capsys):
+    from composer.evaluation import evaluate, select_weight
+
+    monkeypatch.setattr(evaluate, "evaluate", refuse_to_run)
+    monkeypatch.setattr(select_weight, "select", refuse_to_run)
+    for main in (evaluate.main, select_weight.main):
+        for flag in ("--n", "--max-new-tokens"):
+            code, lines = run_main(main, [flag, n, "--out", str(tmp_path)], capsys)
+            assert code == 2 and lines[-1].endswith(f"error: argument {flag}: {message}")
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from composer.evaluation import evaluate, select_weight
+
+    monkeypatch.setattr(evaluate, "evaluate", refuse_to_run)
+    monkeypatch.setattr(select_weight, "select", refuse_to_run)
+    (tmp_path / "file").write_text("")
+    for main in (evaluate.main, select_weight.main):
+        code, lines = run_main(main, ["--n", "1", "--out", str(tmp_path / "file" / "x")], capsys)
+        assert code == 2 and len(lines) == 1
+        assert lines[0].startswith(f"error: --out {tmp_path / 'file' / 'x'}: cannot write there (")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--weights", "0.4", "nan"], "error: objective 'math': weight nan must be a finite number"),
+        (["--grid", "code=0.4,inf"], "error: objective 'code': weight inf must be a finite number"),
+        (["--weights"], "error: no candidate weights; give --weights W1 W2 ... or --grid OBJECTIVE=W1,W2 ..."),
+        (["--weights", "0.4", "-0.5"], "error: objective 'safety': protected objective would get a negative weight"),
+    ],
+)
+def test_candidate_weights_are_checked_before_any_evaluation(argv, message, tmp_path, monkeypatch, capsys):
+    """Finite numbers only, and safety is protected as in the shipped recipe: no candidate may invert it."""
+    from composer.evaluation import select_weight
+
+    monkeypatch.setattr(select_weight, "build_system", refuse_to_run)
+    monkeypatch.setattr(select_weight.GENERATORS["math"], "generate", refuse_to_run)
+    code, lines = run_main(select_weight.main, [*argv, "--n", "2", "--out", str(tmp_path)], capsys)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(message)
+
+
+def test_the_evaluated_objectives_are_the_shipped_recipes_guards_included():
+    from composer.config import build_objectives
+    from composer.evaluation.family import MULTI_WEIGHTS, multi_objectives, proxy_objective
+    from tests.test_config import compose_run
+
+    assert multi_objectives(MULTI_WEIGHTS) == build_objectives(compose_run("recipe=tiny"))
+    assert proxy_objective("safety").protected
+
+
+def test_a_user_error_during_a_command_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys):
+    from composer.evaluation import evaluate, select_weight
+    from experts.errors import UserInputError
+
+    def refuse(*args, **kwargs):
+        raise UserInputError("a prompt is 300 tokens but model 'tiny-base' has a context window of 256")
+
+    monkeypatch.setattr(evaluate, "evaluate", refuse)
+    monkeypatch.setattr(select_weight, "select", refuse)
+    for main in (evaluate.main, select_weight.main):
+        code, lines = run_main(main, ["--n", "1", "--out", str(tmp_path)], capsys)
+        assert (code, lines) == (2, ["error: a prompt is 300 tokens but model 'tiny-base' has a context window of 256"])

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from composer.decoding import DecodingConfig
 from composer.engine import Composer
+from composer.evaluation.command import output_folder, positive_int, user_errors
 from composer.evaluation.family import SYSTEMS, build_system
 from composer.evaluation.lm_eval_model import ComposerLM
 from composer.evaluation.lm_eval_tasks import write_math_task
@@ -79,17 +81,18 @@ def evaluate(n: int, split: str, out: Path, max_new_tokens: int, seed: int = 0) 
     return scores
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=60, help="held-out prompts per objective")
+    parser.add_argument("--n", type=positive_int, default=60, help="held-out prompts per objective")
     parser.add_argument("--split", default="test", choices=("validation", "test"))
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=48)
     parser.add_argument("--out", type=Path, default=Path("outputs/evaluation"))
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    scores = evaluate(args.n, args.split, args.out, args.max_new_tokens)
-    table = write_outputs(scores, args.out, {"n": args.n, "split": args.split})
-    (args.out / "scores.json").write_text(json.dumps(scores, indent=2))
+    args = parser.parse_args(argv)
+    with user_errors():
+        out = output_folder(args.out)
+        scores = evaluate(args.n, args.split, out, args.max_new_tokens)
+        table = write_outputs(scores, out, {"n": args.n, "split": args.split})
+        (out / "scores.json").write_text(json.dumps(scores, indent=2))
     print(table)
 
 

@@ -2,16 +2,21 @@
 
 The base and the anti-expert read the raw question/answer format they were pretrained on; experts and the
 directly tuned model read their chat template. Every system is a Composer, so the numbers measure the
-engine that users run.
+engine that users run: the objectives are the default tiny recipe's (conf/recipe/tiny.yaml), guards included.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping
 
+import hydra
+
+from composer.config import CONF_DIR, build_objectives, register_configs
 from composer.engine import Composer
 from composer.objectives import Member, Objective
-from experts.family import BASE, MODELS_DIR, OBJECTIVES, SMALL, TUNED, base_prompt, expert_name
+from experts.family import BASE, MODELS_DIR, OBJECTIVES, TUNED, base_prompt, expert_name
 from experts.loading import ModelSpec
 from experts.prompts import Chat, Template
 
@@ -27,8 +32,23 @@ def member(name: str, chat: bool) -> Member:
     return Member(ModelSpec(str(MODELS_DIR / name)), Chat() if chat else RAW)
 
 
+@functools.cache
+def recipe_objectives() -> dict[str, Objective]:
+    """The tiny recipe's objectives as ``proxy-compose`` builds them (no weights load): the pairs, their formats
+    and their guards (safety is protected) come from the shipped config, not from a copy here."""
+    register_configs()
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra.compose("config", overrides=["recipe=tiny"])
+    return {o.name: o for o in build_objectives(cfg)}
+
+
 def proxy_objective(objective: str, weight: float = 1.0) -> Objective:
-    return Objective(objective, member(expert_name(objective), chat=True), member(SMALL, chat=False), weight=weight)
+    return dataclasses.replace(recipe_objectives()[objective], weight=weight)
+
+
+def multi_objectives(weights: Mapping[str, float]) -> list[Objective]:
+    """Every objective at its weight: the composition that the evaluation and the weight selection measure."""
+    return [proxy_objective(o, weights[o]) for o in OBJECTIVES]
 
 
 def build_system(system: str, objective: str, multi_weights: Mapping[str, float] = MULTI_WEIGHTS) -> Composer:
@@ -42,5 +62,5 @@ def build_system(system: str, objective: str, multi_weights: Mapping[str, float]
     if system == "proxy":
         return Composer(member(BASE, chat=False), [proxy_objective(objective)])
     if system == "multi":
-        return Composer(member(BASE, chat=False), [proxy_objective(o, multi_weights[o]) for o in OBJECTIVES])
+        return Composer(member(BASE, chat=False), multi_objectives(multi_weights))
     raise ValueError(f"unknown system {system!r}; use one of {SYSTEMS}")

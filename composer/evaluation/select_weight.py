@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+from composer.evaluation.command import output_folder, positive_int, user_errors
 from composer.evaluation.evaluate import score
-from composer.evaluation.family import build_system
+from composer.evaluation.family import build_system, multi_objectives
+from composer.weights import row_weights
+from experts.errors import UserInputError
 from experts.family import OBJECTIVES
 from experts.family.world import GENERATORS
 
@@ -34,7 +38,17 @@ def label(weights: Weights) -> str:
     return f"{values.pop()}" if len(values) == 1 else " / ".join(f"{o} {w}" for o, w in weights.items())
 
 
+def check_candidates(weights: list[Weights]) -> None:
+    """Each candidate's weights pass the checks its Composer would make (finite, within the recipe's guards: safety
+    is protected), before the minutes of evaluation that would end at the first Composer that refuses them."""
+    if not weights:
+        raise UserInputError("no candidate weights; give --weights W1 W2 ... or --grid OBJECTIVE=W1,W2 ...")
+    for candidate in weights:
+        row_weights(multi_objectives(candidate), 1, None)
+
+
 def select(weights: list[Weights], n: int, out: Path, max_new_tokens: int, seed: int = 0) -> dict:
+    check_candidates(weights)
     examples = {o: GENERATORS[o].generate("validation", n, seed) for o in OBJECTIVES}
     proxy = {o: score(build_system("proxy", o), o, examples[o], out, max_new_tokens) for o in OBJECTIVES}
     rows = []
@@ -69,19 +83,20 @@ def _grid_entry(text: str) -> tuple[str, list[float]]:
         raise argparse.ArgumentTypeError(f"{text!r}: the weights must be numbers, comma-separated") from None
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=float, nargs="*", default=[0.3, 0.4, 0.5, 0.6, 0.7, 1.0], help="uniform")
     parser.add_argument("--grid", type=_grid_entry, nargs="*", default=[], help="per objective: math=0.4,0.6 ...")
-    parser.add_argument("--n", type=int, default=100, help="validation prompts per objective")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--n", type=positive_int, default=100, help="validation prompts per objective")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=48)
     parser.add_argument("--out", type=Path, default=Path("outputs/weight_selection"))
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = select(candidates(args.weights, dict(args.grid)), args.n, args.out, args.max_new_tokens)
-    (args.out / "selection.json").write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    (args.out / "selection.md").write_text(f"Validation split, n={args.n}\n\n{table}\n")
+    args = parser.parse_args(argv)
+    with user_errors():
+        out = output_folder(args.out)
+        result = select(candidates(args.weights, dict(args.grid)), args.n, out, args.max_new_tokens)
+        (out / "selection.json").write_text(json.dumps(result, indent=2))
+        table = markdown(result)
+        (out / "selection.md").write_text(f"Validation split, n={args.n}\n\n{table}\n")
     print(table)
 
 
