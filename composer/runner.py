@@ -223,7 +223,13 @@ def prepare_output(
             f"output {str(output)!r} exists; pass resume=true to finish it (same settings), or choose another output"
         )
     if settings is not None and sidecar.is_file():
-        _check_settings(output, json.loads(sidecar.read_text(encoding="utf-8")), settings)
+        try:
+            before = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise UserInputError(
+                f"{str(sidecar)!r} cannot be read; delete it to resume without comparing settings"
+            ) from None
+        _check_settings(output, before, settings)
     data = output.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
     if len(complete) < len(data):
@@ -269,13 +275,18 @@ def _check_prompts(output: Path, records: Sequence[dict[str, Any]], items: Seque
                 "resume with the same prompts, or choose another output"
             )
         weights = record.get("weights") or {}
-        given = (item.weights or {}).items()
-        same_weights = all(math.isclose(weights.get(k, math.nan), v, rel_tol=1e-6) for k, v in given)
+        same_weights = all(_same_weight(weights.get(k), v) for k, v in (item.weights or {}).items())
         if record["prompt"] != item.prompt or not same_weights:
             raise UserInputError(
                 f"output {str(output)!r}: id {item.id!r} was generated for another prompt or other weights than "
                 "this run gives it; resume with the same prompts, or choose another output"
             )
+
+
+def _same_weight(recorded: Any, given: Any) -> bool:
+    """Numbers by value (a file's 1 is the record's 1.0); anything else, a weight the check will refuse, as is."""
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (recorded, given))
+    return math.isclose(recorded, given, rel_tol=1e-6) if numbers else recorded == given
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -120,6 +120,11 @@ def test_resume_refuses_records_of_other_prompts_or_weights(tmp_path: Path):
     for items in ([PromptItem(1, "another x"), PromptItem(2, "y")], [PromptItem(1, "x", {"math": 0.2})]):
         with pytest.raises(UserInputError, match="id 1 was generated for another prompt or other weights"):
             prepare_output(out, resume=True, items=items)
+    with pytest.raises(UserInputError, match="id 1 was generated for another prompt or other weights"):
+        prepare_output(out, resume=True, items=[PromptItem(1, "x", {"math": "0.1"})])
+    out.with_name("out.jsonl.settings.json").write_text("{not json")
+    with pytest.raises(UserInputError, match="settings.json' cannot be read; delete it to resume without"):
+        prepare_output(out, resume=True, settings={}, items=mine)
     with pytest.raises(UserInputError, match="holds id 1, which is not among this run's prompts"):
         prepare_output(out, resume=True, items=[PromptItem(2, "y")])
     out.write_text('{"id": 1, "text": "a"}\n')
