@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> list[float] | None:
             sys.exit(130)
         return None
     try:
-        return list(run_job(cfg, job_dir, overrides)["metrics"].values())
+        return list(run_job(cfg, job_dir, overrides, hydra_cfg.job.num)["metrics"].values())
     except Exception as err:  # any failure, OOM included: the report marks this sweep point
         record_failure(job_dir, overrides, err)
         FAILED_JOBS.append(job_dir)  # a job in this process; those in workers are found by FailedJobs

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from experts.errors import UserInputError, check_whole, first_line
 OUTPUT_NAME = "completions.jsonl"
 METRICS_NAME = "metrics.json"
 SETTINGS_SUFFIX = ".settings.json"  # beside the output: what its records were generated with, for resume
+SWEEP_JOB = "sweep job"  # in the settings of a sweep's job: a job of another number never resumes it
 # keys that may change between a run and its resume: where records go, how many at once, how fast, which
 # prompts (checked record by record); the rest decides what a record holds
 RESUMABLE_KEYS = ("prompts", "prompts_file", "output", "resume", "batch_size", "cuda_graphs", "compile", "speculative")
@@ -40,8 +42,9 @@ class PromptItem:
     weights: dict[str, float] | None = None
 
 
-def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Compose, run every prompt not yet in the output, and write metrics.json; returns its content."""
+def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = (), job: int | None = None) -> dict[str, Any]:
+    """Compose, run every prompt not yet in the output, and write metrics.json; returns its content. ``job``
+    is the job's number in a sweep, so that a job never resumes another job's output."""
     started = time.monotonic()
     items = load_prompts(list(cfg.prompts), cfg.prompts_file)
     output = Path(cfg.output) if cfg.output else job_dir / OUTPUT_NAME
@@ -51,7 +54,8 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = ()) -> di
     check_whole("batch_size", cfg.batch_size, minimum=1)
     if cfg.prompts_file and output.resolve() == Path(cfg.prompts_file).resolve():
         raise UserInputError(f"output {str(output)!r} is the prompts file; choose another output")
-    done = prepare_output(output, cfg.resume, run_settings(cfg), items)
+    recipe = {name: node.weight for name, node in cfg.objectives.items()}
+    done = prepare_output(output, cfg.resume, run_settings(cfg, job), items, recipe)
     composer = build_composer(cfg)
     finished = {record["id"] for record in done}
     todo = [item for item in items if item.id not in finished]
@@ -94,19 +98,28 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, output: Path) -> None:
         super().__init__(
-            f"interrupted; the finished records are in {str(output)!r}: add output={output} resume=true to finish"
+            f"interrupted; the finished records are in {str(output)!r}: add "
+            f"{shlex.quote(f'output={output}')} resume=true to finish"
         )
 
 
-def run_settings(cfg: DictConfig) -> dict[str, Any]:
-    """What a record's content depends on: the resolved config less ``RESUMABLE_KEYS`` and the metrics (which
-    are recomputed over every record)."""
-    settings = OmegaConf.to_container(cfg, resolve=True)
+def run_settings(cfg: DictConfig, job: int | None = None) -> dict[str, Any]:
+    """What a record's content depends on: the config as written (interpolations such as ``${family:...}``
+    unresolved, so that a checkout or a working folder may move) less ``RESUMABLE_KEYS``, the models'
+    placement and the metrics (recomputed over every record); and the sweep job that writes it."""
+    settings = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(settings, dict)
     for key in RESUMABLE_KEYS:
         settings.pop(key, None)
+    models = [settings.get("base") or {}]
     for objective in (settings.get("objectives") or {}).values():
         objective.pop("metric", None)
+        models += [objective.get("expert") or {}, objective.get("anti") or {}]
+    for model in models:
+        model.pop("device", None)
+        model.pop("device_map", None)
+    if job is not None:
+        settings[SWEEP_JOB] = job
     return settings
 
 
@@ -139,7 +152,8 @@ def read_prompt_file(path: Path) -> list[PromptItem]:
         raise UserInputError(f"prompts_file {str(path)!r} is a folder; give a .txt or .jsonl file")
     if not path.is_file():
         raise UserInputError(f"prompts_file {str(path)!r} not found")
-    if path.suffix not in (".txt", ".jsonl"):
+    jsonl = path.suffix.lower() == ".jsonl"
+    if not jsonl and path.suffix.lower() not in (".txt", ""):
         raise UserInputError(
             f"prompts_file {str(path)!r}: give a .jsonl file (a {{\"id\", \"prompt\"}} record a line) or a .txt "
             "file (a prompt a line)"
@@ -148,7 +162,7 @@ def read_prompt_file(path: Path) -> list[PromptItem]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise UserInputError(f"prompts_file {str(path)!r} is not UTF-8 (byte {err.start}); save it as UTF-8") from None
-    if path.suffix != ".jsonl":
+    if not jsonl:
         items = [PromptItem(id=n, prompt=line) for n, line in enumerate(lines, start=1) if line.strip()]
     else:
         items, first_seen = [], {}
@@ -198,10 +212,15 @@ def check_prompts(composer: Composer, items: Sequence[PromptItem], max_new_token
 
 
 def prepare_output(
-    output: Path, resume: bool, settings: dict[str, Any] | None = None, items: Sequence[PromptItem] = ()
+    output: Path,
+    resume: bool,
+    settings: dict[str, Any] | None = None,
+    items: Sequence[PromptItem] = (),
+    recipe: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """The records already finished (with resume), after cutting off a last line torn by a kill. They must be
-    this run's: written with the same ``settings`` (kept beside the output) for the same prompts."""
+    this run's: written with the same ``settings`` (kept beside the output) for the same ``items``, each at
+    the ``recipe``'s weights less those it sets itself."""
     if output.is_dir():
         raise UserInputError(f"output {str(output)!r} is a folder; give a file in it, e.g. {output / OUTPUT_NAME}")
     sidecar = output.with_name(output.name + SETTINGS_SUFFIX)
@@ -242,17 +261,25 @@ def prepare_output(
             record = json.loads(line)
         except json.JSONDecodeError:
             raise UserInputError(f"output {str(output)!r} line {n} is damaged; not resuming over it") from None
-        if not isinstance(record, dict) or not {"id", "prompt", "text"} <= record.keys():
+        if (
+            not isinstance(record, dict)
+            or not {"id", "prompt", "text"} <= record.keys()
+            or isinstance(record["id"], bool)
+            or not isinstance(record["id"], str | int)
+        ):
             raise UserInputError(f"output {str(output)!r} line {n} is not a record of a run; choose another output")
         records.append(record)
     if items:
-        _check_prompts(output, records, items)
+        _check_prompts(output, records, items, recipe)
     return records
 
 
 def _check_settings(output: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
     """A resumed output's records must not mix two configurations (a sweep sharing one output would)."""
     old, new = _flat(before), _flat(now)
+    if SWEEP_JOB not in old or SWEEP_JOB not in new:  # a sweep job's output finished by a single run, or back
+        old.pop(SWEEP_JOB, None)
+        new.pop(SWEEP_JOB, None)
     changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
     if changed:
         key = changed[0]
@@ -264,8 +291,11 @@ def _check_settings(output: Path, before: dict[str, Any], now: dict[str, Any]) -
         )
 
 
-def _check_prompts(output: Path, records: Sequence[dict[str, Any]], items: Sequence[PromptItem]) -> None:
-    """Each finished record must be one of this run's prompts, with its text and its own weights."""
+def _check_prompts(
+    output: Path, records: Sequence[dict[str, Any]], items: Sequence[PromptItem], recipe: Mapping[str, float] | None
+) -> None:
+    """Each finished record must be one of this run's prompts, with its text and the weights this run gives
+    it (the recipe's where its line sets none, when the recipe is known)."""
     by_id = {item.id: item for item in items}
     for record in records:
         item = by_id.get(record["id"])
@@ -275,7 +305,8 @@ def _check_prompts(output: Path, records: Sequence[dict[str, Any]], items: Seque
                 "resume with the same prompts, or choose another output"
             )
         weights = record.get("weights") or {}
-        same_weights = all(_same_weight(weights.get(k), v) for k, v in (item.weights or {}).items())
+        expected = {**(recipe or {}), **(item.weights or {})}
+        same_weights = all(_same_weight(weights.get(k), v) for k, v in expected.items())
         if record["prompt"] != item.prompt or not same_weights:
             raise UserInputError(
                 f"output {str(output)!r}: id {item.id!r} was generated for another prompt or other weights than "

@@ -9,6 +9,7 @@ import pytest
 
 from composer import Chat, Composer, DecodingConfig, Member, ModelSpec, Objective
 from composer.runner import (
+    SWEEP_JOB,
     Interrupted,
     PromptItem,
     check_prompts,
@@ -110,6 +111,12 @@ def test_resume_refuses_an_output_written_with_other_settings(tmp_path: Path):
         prepare_output(out, resume=True, settings=changed)
     with pytest.raises(UserInputError, match="written with objectives.code=None, this run has {}"):
         prepare_output(out, resume=True, settings={**settings, "objectives": {"code": {}}})
+    swept = tmp_path / "swept.jsonl"  # a sweep over keys a resume may change (speculative.gamma=0,2)
+    prepare_output(swept, resume=False, settings={**settings, SWEEP_JOB: 0})
+    swept.write_text('{"id": 1, "prompt": "x", "text": "a"}\n')
+    with pytest.raises(UserInputError, match="written with sweep job=0, this run has 1"):
+        prepare_output(swept, resume=True, settings={**settings, SWEEP_JOB: 1})
+    assert len(prepare_output(swept, resume=True, settings=settings)) == 1  # finished by a single run
 
 
 def test_resume_refuses_records_of_other_prompts_or_weights(tmp_path: Path):
@@ -122,14 +129,18 @@ def test_resume_refuses_records_of_other_prompts_or_weights(tmp_path: Path):
             prepare_output(out, resume=True, items=items)
     with pytest.raises(UserInputError, match="id 1 was generated for another prompt or other weights"):
         prepare_output(out, resume=True, items=[PromptItem(1, "x", {"math": "0.1"})])
+    with pytest.raises(UserInputError, match="id 1 was generated for another prompt or other weights"):
+        prepare_output(out, resume=True, items=[PromptItem(1, "x")], recipe={"math": 0.5})  # its weights dropped
+    assert len(prepare_output(out, resume=True, items=[PromptItem(1, "x")], recipe={"math": 0.1})) == 1
     out.with_name("out.jsonl.settings.json").write_text("{not json")
     with pytest.raises(UserInputError, match="settings.json' cannot be read; delete it to resume without"):
         prepare_output(out, resume=True, settings={}, items=mine)
     with pytest.raises(UserInputError, match="holds id 1, which is not among this run's prompts"):
         prepare_output(out, resume=True, items=[PromptItem(2, "y")])
-    out.write_text('{"id": 1, "text": "a"}\n')
-    with pytest.raises(UserInputError, match="line 1 is not a record of a run"):
-        prepare_output(out, resume=True, items=mine)
+    for line in ('{"id": 1, "text": "a"}', '{"id": [1], "prompt": "x", "text": "a"}'):
+        out.write_text(line + "\n")
+        with pytest.raises(UserInputError, match="line 1 is not a record of a run"):
+            prepare_output(out, resume=True, items=mine)
 
 
 def test_an_output_that_is_a_folder_and_a_prompts_file_of_another_kind_are_refused(tmp_path: Path):
@@ -137,6 +148,8 @@ def test_an_output_that_is_a_folder_and_a_prompts_file_of_another_kind_are_refus
         prepare_output(tmp_path, resume=True)
     with pytest.raises(UserInputError, match=r"give a .jsonl file .* or a .txt file"):
         read_prompt_file(write_lines(tmp_path / "p.json", '["a", "b"]'))
+    assert read_prompt_file(write_lines(tmp_path / "P.JSONL", '{"id": 1, "prompt": "a"}')) == [PromptItem(1, "a")]
+    assert read_prompt_file(write_lines(tmp_path / "prompts", "a")) == [PromptItem(1, "a")]
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
     with pytest.raises(UserInputError, match="is not UTF-8 \\(byte 3\\); save it as UTF-8"):
         read_prompt_file(tmp_path / "latin1.txt")
@@ -149,9 +162,13 @@ def test_run_settings_leave_out_what_may_change_on_resume():
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["recipe=tiny", "batch_size=3", "output=x.jsonl"])
-        other = compose("config", overrides=["recipe=tiny", "compile=true", "speculative.gamma=4", "resume=true"])
+        other = compose(
+            "config", overrides=["recipe=tiny", "compile=true", "speculative.gamma=4", "resume=true", "base.device=cpu"]
+        )
         longer = compose("config", overrides=["recipe=tiny", "decoding.max_new_tokens=99"])
     assert run_settings(cfg) == run_settings(other) != run_settings(longer)
+    assert run_settings(cfg)["base"]["path"] == "${family:tiny-base}"  # a moved checkout still resumes
+    assert run_settings(cfg, job=3)[SWEEP_JOB] == 3
     code = run_settings(cfg)["objectives"]["code"]
     assert "metric" not in code and "weight" in code
 
