@@ -64,8 +64,8 @@ class DecodingConfig:
         ignored = [name for name in _SAMPLING_ONLY if getattr(self, name) != getattr(DecodingConfig, name)]
         if ignored and not self.do_sample:  # transformers' GenerationConfig logs the same
             warnings.warn(
-                f"decoding: {', '.join(ignored)} apply only when sampling; greedy decoding ignores them (set "
-                "do_sample=true, or leave them unset)",
+                f"decoding: {', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} only when sampling; "
+                "greedy decoding ignores it (set do_sample=true, or leave it unset)",
                 stacklevel=3,
             )
 

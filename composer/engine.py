@@ -89,10 +89,11 @@ class Composer:
         """Decoding state for a batch: the primitive that every decoding loop drives."""
         return self._session(prompts, weights, max_new_tokens)[0]
 
-    def check(self, prompts: Sequence[str], weights: WeightOverride = None, max_new_tokens: int = 0) -> None:
+    def check(self, prompts: Sequence[str] | str, weights: WeightOverride = None, max_new_tokens: int = 0) -> None:
         """Raise what ``generate`` would raise for these prompts (bad weights, guards, prompts empty or too long
         for a member's context window) without running a model, so that a long run learns of a bad prompt
         before its first batch rather than at it."""
+        prompts = _prompt_list(prompts)
         row_weights(self.objectives, len(prompts), weights, self.override_guards)
         for model, group in zip(self.models, render_rows(self.plan, self.models, prompts), strict=True):
             check_fits(model, [len(row) for row in group], max_new_tokens)
@@ -100,8 +101,7 @@ class Composer:
     def _session(
         self, prompts: Sequence[str], weights: WeightOverride, max_new_tokens: int, draft: Draft | None = None
     ) -> tuple[Session, list[list[str]]]:
-        if not prompts:
-            raise UserInputError("no prompts were given; pass at least one")
+        prompts = _prompt_list(prompts)
         table, guard_notes = row_weights(self.objectives, len(prompts), weights, self.override_guards)
         rows = render_rows(self.plan, self.models, prompts)
         # a model that drafts by itself runs outside its stack, or every drafted token would run the whole stack
@@ -152,7 +152,7 @@ class Composer:
         With a ``draft``, decoding is speculative: faster when the base dominates the cost, same distribution.
         """
         config = as_decoding(config)
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = _prompt_list(prompts)
         session, guard_notes = self._session(prompts, weights, config.max_new_tokens, draft)
         repeats = torch.arange(len(prompts)).repeat_interleave(config.num_return_sequences)
         prompt_of_row = [prompts[i] for i in repeats.tolist()]
@@ -291,6 +291,14 @@ class Composer:
             self.tokenizer.convert_ids_to_tokens(token),
             self.tokenizer.decode(tokens)[len(self.tokenizer.decode(tokens[:-1])) :],
         )
+
+
+def _prompt_list(prompts: Sequence[str] | str) -> list[str]:
+    """One prompt or several, as a list; none is a mistake."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise UserInputError("no prompts were given; pass at least one")
+    return prompts
 
 
 def _base_prompt_ids(session: Session) -> torch.Tensor:

@@ -8,6 +8,7 @@ append tokens. The composite cache is the session: generate() crops it (assisted
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from transformers import GenerationMixin, PreTrainedModel
@@ -82,6 +83,13 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         if model_kwargs.get(CACHE_ARG) is None and generation_config.use_cache is not False:
             model_kwargs[CACHE_ARG] = CompositeCache()
 
+    def generate(self, *args: Any, steering_weights: Any = None, **kwargs: Any) -> Any:
+        """``GenerationMixin.generate``, where ``steering_weights`` may also be a nested list: made a tensor
+        first, so that transformers repeats its rows for beams and samples as it does the input's."""
+        if steering_weights is not None:
+            kwargs["steering_weights"] = _weight_tensor(steering_weights, [o.name for o in self.composer.objectives])
+        return super().generate(*args, **kwargs)
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -107,14 +115,8 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _weights(self, batch: int, steering_weights: torch.Tensor | None) -> torch.Tensor:
         names = [o.name for o in self.composer.objectives]
-        if steering_weights is not None and not isinstance(steering_weights, torch.Tensor):
-            try:  # nested lists, as other generate() arguments may be
-                steering_weights = torch.as_tensor(steering_weights, dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError):
-                raise UserInputError(
-                    f"steering_weights={steering_weights!r}: give a ({batch}, {len(names)}) tensor or nested list "
-                    "of numbers"
-                ) from None
+        if steering_weights is not None:
+            steering_weights = _weight_tensor(steering_weights, names)
         if steering_weights is not None and tuple(steering_weights.shape) != (batch, len(names)):
             raise UserInputError(
                 f"steering_weights has shape {tuple(steering_weights.shape)}; give ({batch}, {len(names)}): "
@@ -188,3 +190,16 @@ def _at_input_positions(composed: torch.Tensor, mask: torch.Tensor, lengths: tor
     source = rank + (composed.shape[1] - lengths.to(composed.device)).unsqueeze(1)
     gathered = composed.gather(1, source.clamp(min=0).unsqueeze(-1).expand(-1, -1, composed.shape[-1]))
     return gathered.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+def _weight_tensor(weights: Any, names: list[str]) -> torch.Tensor:
+    """Per-row weights (B, K) as a tensor, from a tensor or nested lists."""
+    if isinstance(weights, torch.Tensor):
+        return weights
+    try:
+        return torch.as_tensor(weights, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise UserInputError(
+            f"steering_weights={weights!r}: give a (batch, {len(names)}) tensor or nested list of numbers, "
+            f"one column per objective {names}"
+        ) from None

@@ -198,3 +198,10 @@ def test_a_decoding_config_may_be_a_mapping_of_its_fields(tiny):
         composer.generate(["the cat"], 4)
     with one_line_error("stream takes one prompt, a string, not list"):
         next(composer.stream(["the cat"], {"max_new_tokens": 4}))
+
+
+def test_check_takes_prompts_as_generate_does(tiny):
+    composer = Composer(tiny["base"], [pair(tiny)])
+    composer.check("the cat", [{"s": 0.5}], max_new_tokens=4)  # one prompt, as generate("the cat") takes it
+    with one_line_error("no prompts were given; pass at least one"):
+        composer.check([])

@@ -150,8 +150,10 @@ def test_several_samples_see_their_own_prompt_as_history(tiny, monkeypatch):
 
 
 def test_sampling_knobs_under_greedy_decoding_warn_as_transformers_does():
-    with pytest.warns(UserWarning, match="temperature, top_p apply only when sampling; greedy decoding ignores them"):
+    with pytest.warns(UserWarning, match="temperature, top_p apply only when sampling; greedy decoding ignores it"):
         DecodingConfig(temperature=0.3, top_p=0.5)
+    with pytest.warns(UserWarning, match="decoding: top_k applies only when sampling"):
+        DecodingConfig(top_k=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         DecodingConfig(do_sample=True, temperature=0.3, top_k=5, top_p=0.5, min_p=0.1)

@@ -56,8 +56,11 @@ def test_per_row_steering_weights(chat_composer):
         **inputs, steering_weights=rows.tolist(), max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None
     )
     assert torch.equal(as_lists, out)
-    with pytest.raises(UserInputError, match=r"steering_weights=.*: give a \(2, 2\) tensor or nested list"):
+    with pytest.raises(UserInputError, match=r"steering_weights=.*: give a \(batch, 2\) tensor or nested list"):
         model.generate(**inputs, steering_weights=[["a", "b"], ["c", "d"]], max_new_tokens=2)
+    beams = {"max_new_tokens": 4, "num_beams": 2, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    as_tensor = model.generate(**inputs, steering_weights=rows, **beams)  # transformers repeats rows per beam
+    assert torch.equal(model.generate(**inputs, steering_weights=rows.tolist(), **beams), as_tensor)
 
 
 def test_seeded_sampling_is_reproducible(chat_composer):
