@@ -153,6 +153,20 @@ def test_the_evaluated_objectives_are_the_shipped_recipes_guards_included():
     assert proxy_objective("safety").protected
 
 
+def test_the_evaluated_objectives_are_built_inside_a_callers_hydra_and_leave_it_as_it_was(tmp_path):
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from composer.evaluation.family import proxy_objective, recipe_objectives
+
+    (tmp_path / "app.yaml").write_text("greeting: hello\n")
+    recipe_objectives.cache_clear()  # compose the recipe here, not from an earlier test's cache
+    with hydra.initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        assert proxy_objective("math", 0.3).weight == 0.3
+        assert GlobalHydra.instance().is_initialized()
+        assert hydra.compose("app").greeting == "hello"  # the caller's config search path, still in place
+
+
 def test_a_user_error_during_a_command_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys):
     from composer.evaluation import evaluate, select_weight
     from experts.errors import UserInputError

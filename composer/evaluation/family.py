@@ -12,6 +12,8 @@ import functools
 from collections.abc import Mapping
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
 from composer.config import CONF_DIR, build_objectives, register_configs
 from composer.engine import Composer
@@ -37,8 +39,13 @@ def recipe_objectives() -> dict[str, Objective]:
     """The tiny recipe's objectives as ``proxy-compose`` builds them (no weights load): the pairs, their formats
     and their guards (safety is protected) come from the shipped config, not from a copy here."""
     register_configs()
-    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra.compose("config", overrides=["recipe=tiny"])
+    outer = get_gh_backup()  # a caller's own Hydra (a @hydra.main script, a notebook's compose API) is put back
+    GlobalHydra.instance().clear()
+    try:
+        with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra.compose("config", overrides=["recipe=tiny"])
+    finally:
+        restore_gh_from_backup(outer)
     return {o.name: o for o in build_objectives(cfg)}
 
 
