@@ -41,7 +41,7 @@ class CompositeCache(Cache):
         """Keep ``max_length`` positions; zero or less removes that many, as transformers 5 calls it."""
         if max_length <= 0:
             max_length = self.get_seq_length() + max_length
-        self.session.crop(max_length - self.prompt_width)
+        self.session.crop(min(max_length - self.prompt_width, self.session.generated))  # longer: nothing to cut
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.session.select(beam_idx)

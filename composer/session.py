@@ -114,6 +114,7 @@ class Session:
         self.batch = row_weights.shape[1]
         self.generated = 0  # columns appended to every stream since the prompt
         self.steps = torch.zeros(self.batch, dtype=torch.long)  # of those, each row's own tokens (see retract)
+        self.started = False
         self.rows = rows
         for model, group_rows in zip(models, rows, strict=True):
             check_fits(model, [len(r) for r in group_rows], max_new_tokens)
@@ -128,6 +129,7 @@ class Session:
         """Prefill all streams; the result predicts generated token 0, shape ``(B, 1, V)``."""
         self.generated = 0
         self.steps = torch.zeros(self.batch, dtype=torch.long)
+        self.started = True
 
         def prefill(unit: Unit) -> dict[int, torch.Tensor]:
             return unit.split(unit.stream.start(unit.layout(self.rows, self.batch)).unsqueeze(1), self.batch)
@@ -137,6 +139,12 @@ class Session:
 
     def extend(self, tokens: torch.Tensor) -> Composed:
         """Append ``tokens`` (B, n) to every stream; position j predicts row b's token ``steps[b] + j``."""
+        if not self.started:
+            raise UserInputError("extend before start: call session.start() first, it prefills the prompts")
+        ids = isinstance(tokens, torch.Tensor) and tokens.dtype == torch.long and tokens.dim() == 2
+        if not ids or tokens.shape[0] != self.batch:
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise UserInputError(f"extend takes token ids as a long tensor of shape ({self.batch}, n), not {shape}")
         first_step = self.steps + 1
         self.advanced(tokens.shape[1])
         return self.compose(self.advance_units(dict.fromkeys(range(len(self.units)), tokens)), first_step)
@@ -171,6 +179,8 @@ class Session:
     def crop(self, generated: int) -> None:
         """Roll every stream back to ``generated`` appended tokens (transformers' assisted decoding rejecting
         candidates; speculative rounds use ``retract`` and ``crop_units``)."""
+        if isinstance(generated, bool) or not isinstance(generated, int) or not 0 <= generated <= self.generated:
+            raise UserInputError(f"crop({generated!r}): keep a whole number of the {self.generated} tokens appended")
         for unit in self.units:
             unit.stream.crop(generated)
         self.generated = generated
@@ -194,6 +204,12 @@ class Session:
 
     def select(self, index: torch.Tensor) -> None:
         """Keep, reorder or repeat prompts: ``index`` (B',) picks rows of the current batch."""
+        index = torch.as_tensor(index)
+        rows = index.tolist()
+        whole = not index.is_floating_point() and not index.is_complex() and index.dtype != torch.bool
+        if index.dim() != 1 or not whole or not all(0 <= i < self.batch for i in rows):
+            raise UserInputError(f"select takes a tensor of row numbers in [0, {self.batch}), not {rows}")
+        index = index.long()
         for unit in self.units:
             unit.stream.select(unit.rows_of(index, self.batch))
         picked = index.tolist()

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from composer import (
     Composer,
@@ -205,3 +206,23 @@ def test_check_takes_prompts_as_generate_does(tiny):
     composer.check("the cat", [{"s": 0.5}], max_new_tokens=4)  # one prompt, as generate("the cat") takes it
     with one_line_error("no prompts were given; pass at least one"):
         composer.check([])
+
+
+def test_the_session_primitive_refuses_misuse_in_one_line(tiny):
+    """crop(3) with nothing generated once set the step count to 3: the next token took step 3's weights."""
+    session = Composer(tiny["base"], [pair(tiny)]).session(["the cat", "a dog"])
+    with one_line_error("extend before start: call session.start"):
+        session.extend(torch.tensor([[5], [6]]))
+    session.start()
+    for bad in (3, -1, 1.0):
+        with one_line_error(r"crop\(.*\): keep a whole number of the 0 tokens appended"):
+            session.crop(bad)
+    for bad in (torch.tensor([5, 6]), torch.tensor([[5]]), torch.tensor([[5.0], [6.0]])):
+        with one_line_error(r"extend takes token ids as a long tensor of shape \(2, n\)"):
+            session.extend(bad)
+    for bad in (torch.tensor([2]), torch.tensor([[0]]), [0.5]):
+        with one_line_error(r"select takes a tensor of row numbers in \[0, 2\)"):
+            session.select(bad)
+    session.extend(torch.tensor([[5], [6]]))
+    session.crop(0)
+    assert session.generated == 0 and session.steps.tolist() == [0, 0]
