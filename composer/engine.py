@@ -216,9 +216,14 @@ class Composer:
                 return
 
     def score(
-        self, prompts: Sequence[str], continuations: Sequence[str], weights: WeightOverride = None
+        self, prompts: Sequence[str] | str, continuations: Sequence[str] | str, weights: WeightOverride = None
     ) -> list[ContinuationScore]:
-        """log p_composed(continuation | prompt), one uncached forward per unique weights, no decode loop."""
+        """log p_composed(continuation | prompt), one uncached forward per unique weights, no decode loop; a
+        prompt and a continuation given as two strings are one pair."""
+        if isinstance(prompts, str) and isinstance(continuations, str):
+            prompts, continuations = [prompts], [continuations]
+        if isinstance(prompts, str) or isinstance(continuations, str):
+            raise UserInputError("score takes two lists of texts (prompts, continuations), or one of each as strings")
         return score_continuations(self, list(prompts), list(continuations), weights)
 
     def _decode(

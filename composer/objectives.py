@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +52,7 @@ class Objective:
         object.__setattr__(self, "expert", as_member(self.expert, f"objective {name!r}: the expert"))
         object.__setattr__(self, "anti", as_member(self.anti, f"objective {name!r}: the anti-expert"))
         check_weight(name, self.weight)
+        object.__setattr__(self, "weight", float(self.weight))  # a numpy scalar would not go into metrics.json
         if self.bounds is not None:
             if not isinstance(self.bounds, Sequence) or isinstance(self.bounds, str) or len(self.bounds) != 2:
                 raise UserInputError(f"objective {name!r}: bounds {self.bounds!r} must be a pair [low, high]")
@@ -64,7 +65,10 @@ class Objective:
 
 
 def check_weight(name: str, weight: float) -> None:
-    numeric = not isinstance(weight, bool) and isinstance(weight, int | float)
-    # an int beyond the largest float cannot become a weight (math.isfinite would raise on it)
-    if not numeric or abs(weight) > sys.float_info.max or not math.isfinite(weight):
+    numeric = not isinstance(weight, bool) and isinstance(weight, numbers.Real)  # numpy's scalars too
+    try:
+        finite = numeric and math.isfinite(float(weight))
+    except OverflowError:  # an int beyond the largest float cannot become a weight
+        finite = False
+    if not finite:
         raise UserInputError(f"objective {name!r}: weight {weight!r} must be a finite number")

@@ -51,10 +51,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     result = build_report(args.sweep_dir)
     out = args.out or args.sweep_dir
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(result, out / "report.csv")
-    (out / "report.md").write_text(markdown(result), encoding="utf-8")
-    plot_pareto(result, out / "pareto.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(result, out / "report.csv")
+        (out / "report.md").write_text(markdown(result), encoding="utf-8")
+        plot_pareto(result, out / "pareto.png")
+    except OSError as err:
+        raise UserInputError(f"--out {out}: cannot write there ({err.strerror or err}); give a folder") from None
     print(markdown(result))
     print(f"wrote {out / 'report.csv'}, {out / 'report.md'}, {out / 'pareto.png'}")
     return 0

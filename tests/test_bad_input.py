@@ -226,3 +226,17 @@ def test_the_session_primitive_refuses_misuse_in_one_line(tiny):
     session.extend(torch.tensor([[5], [6]]))
     session.crop(0)
     assert session.generated == 0 and session.steps.tolist() == [0, 0]
+
+
+def test_numpy_weights_are_numbers_and_one_pair_scores_as_one(tiny):
+    import numpy as np
+
+    composer = Composer(tiny["base"], [pair(tiny, weight=np.float32(0.5))])
+    assert composer.objectives[0].weight == 0.5 and type(composer.objectives[0].weight) is float
+    config = DecodingConfig(max_new_tokens=4)
+    as_numpy = composer.generate(["the cat"], config, weights={"s": np.float32(0.25)})[0].token_ids
+    assert as_numpy == composer.generate(["the cat"], config, weights={"s": 0.25})[0].token_ids
+    (one,) = composer.score("the cat", " sat down")
+    assert one.logprob == composer.score(["the cat"], [" sat down"])[0].logprob
+    with one_line_error("score takes two lists of texts"):
+        composer.score("the cat", [" sat", " ran"])

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from composer.report import build_report, main
+from experts.errors import UserInputError
 
 HIGHER = {"safety": True, "length": False}
 
@@ -52,3 +55,10 @@ def test_report_writes_a_table_a_csv_and_a_png(tmp_path: Path):
     assert len((sweep / "report.csv").read_text().splitlines()) == 1 + 6
     png = (sweep / "pareto.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_an_out_that_cannot_be_written_is_a_one_line_error(tmp_path: Path):
+    sweep = small_sweep(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserInputError, match="--out .*a_file: cannot write there"):
+        main([str(sweep), "--out", str(tmp_path / "a_file")])
