@@ -111,7 +111,19 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             logits = self._start_session(cache, input_ids, attention_mask, steering_weights, logits_to_keep)
         else:
             logits = cache.session.extend(input_ids).logits
-        return CausalLMOutputWithPast(logits=self._full_width(logits), **{CACHE_ARG: cache})
+        logits = self._full_width(logits)
+        labels = kwargs.get("labels")
+        if labels is not None and cache is not None:
+            raise UserInputError("labels need an uncached forward over whole sequences: pass use_cache=False")
+        loss = None if labels is None else self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1])
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_ARG: cache})
+
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
+        """There are no weights of its own to save: the members are the models, the recipe says how."""
+        raise UserInputError(
+            "ComposedForCausalLM holds no weights of its own; save the recipe (its members' paths and weights), "
+            "or each member with its own save_pretrained"
+        )
 
     def _weights(self, batch: int, steering_weights: torch.Tensor | None) -> torch.Tensor:
         names = [o.name for o in self.composer.objectives]

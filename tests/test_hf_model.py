@@ -132,3 +132,17 @@ def test_lm_eval_hflm_scores_like_the_composer(tiny):
     assert got == pytest.approx([s.logprob for s in expected], abs=1e-3)
     until = Instance("generate_until", {}, ("the cat", {"until": ["zzz"], "max_gen_toks": 5}), 0)
     assert isinstance(lm.generate_until([until])[0], str)
+
+
+def test_labels_give_the_loss_as_transformers_does_and_saving_is_refused(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    composer = Composer(tiny["base"])
+    model = ComposedForCausalLM(composer)
+    inputs = encode(composer, ["the cat sat on the mat"])
+    expected = AutoModelForCausalLM.from_pretrained(tiny["base"])(**inputs, labels=inputs["input_ids"]).loss
+    loss = model(**inputs, labels=inputs["input_ids"], use_cache=False).loss
+    assert torch.allclose(loss, expected, atol=1e-5)
+    with pytest.raises(UserInputError, match="holds no weights of its own"):
+        model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
