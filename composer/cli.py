@@ -41,6 +41,7 @@ from composer.config import (
     build_objectives,
     register_configs,
 )
+from composer.guards import check_overrides
 from composer.plan import Plan
 from composer.runner import METRICS_NAME, Interrupted, record_failure, run_job
 from composer.weights import row_weights
@@ -174,6 +175,7 @@ def _describe(cfg: DictConfig) -> str:
     build_decoding(cfg)
     build_draft(cfg)
     build_metrics(cfg)
+    check_overrides(cfg.override_guards, objectives)
     row_weights(objectives, 1, None, list(cfg.override_guards))  # bounds and protected objectives
     plan = Plan(base, objectives)
     for spec in plan.specs:

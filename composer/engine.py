@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from composer.decoding import DecodingConfig, as_decoding, choose, drop_finished
+from composer.guards import check_overrides
 from composer.objectives import Member, Objective, as_member
 from composer.plan import Plan
 from composer.scoring import ContinuationScore, score_continuations
@@ -61,9 +62,7 @@ class Composer:
         if isinstance(override_guards, str):
             override_guards = [override_guards]
         self.plan = Plan(as_member(base, "the base"), objectives)
-        unknown = sorted(set(override_guards) - {o.name for o in objectives})
-        if unknown:
-            raise UserInputError(f"override_guards names unknown objective(s) {unknown}")
+        check_overrides(override_guards, objectives)
         self.override_guards = tuple(override_guards)
         self.stack_models = stack_models
         self.cuda_streams = cuda_streams

@@ -6,7 +6,7 @@ recorded override. Guards are checked on the effective weight ``weight * schedul
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from experts.errors import UserInputError
@@ -37,3 +37,10 @@ def check_guards(objective: Objective, weight: float, overridden: Collection[str
             f"explicitly with override_guards=[{objective.name}]"
         )
     return f"{objective.name}: {problem} (guard overridden)"
+
+
+def check_overrides(overridden: Collection[str], objectives: Sequence[Objective]) -> None:
+    """An override must name an objective of the recipe: a misspelt one would leave its guard in force."""
+    unknown = sorted(set(overridden) - {o.name for o in objectives})
+    if unknown:
+        raise UserInputError(f"override_guards names unknown objective(s) {unknown}")

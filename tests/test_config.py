@@ -239,6 +239,8 @@ def test_validate_checks_the_recipes_named_and_the_users_own(tmp_path: Path, cap
     assert "FAIL  tiny: model './no-such-folder' not found" in capsys.readouterr().out
     with pytest.raises(UserInputError, match=r"validate: no recipe named 'nope'; have \[.*'mine'"):
         validate(["recipe=tiny,nope", searchpath])
+    assert validate(["recipe=tiny", "override_guards=[safty]"]) == 1
+    assert "FAIL  tiny: override_guards names unknown objective(s) ['safty']" in capsys.readouterr().out
 
 
 def test_swapping_a_recipes_schedule_class_says_how(tmp_path: Path):
