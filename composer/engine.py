@@ -61,6 +61,9 @@ class Composer:
             raise UserInputError("cuda_graphs and compile both replace the eager decoding step; choose one")
         if isinstance(override_guards, str):
             override_guards = [override_guards]
+        objectives = [objectives] if isinstance(objectives, Objective) else objectives
+        if isinstance(objectives, Mapping | str) or not all(isinstance(o, Objective) for o in objectives):
+            raise UserInputError("objectives: give a list of Objective(name, expert, anti, weight=...)")
         self.plan = Plan(as_member(base, "the base"), objectives)
         check_overrides(override_guards, objectives)
         self.override_guards = tuple(override_guards)

@@ -21,6 +21,12 @@ class Member:
     model: ModelSpec
     format: PromptFormat = field(default_factory=Raw)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.format, PromptFormat):
+            raise UserInputError(
+                f"Member format {self.format!r}: give a prompt format, Raw(), Chat(system=...) or Template('...')"
+            )
+
 
 def as_member(value: Member | ModelSpec | str, role: str) -> Member:
     """A model path or spec seen raw; a Member as it is."""

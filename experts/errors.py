@@ -4,8 +4,12 @@
 class UserInputError(ValueError):
     """Bad input from the user (a path, a weight, a prompt, a config value), never a bug in the engine.
 
-    The command line prints its message alone, without a stack trace.
+    The command line prints its message alone, without a stack trace. A value quoted in it (a tensor's or a
+    config's repr) may span lines: the message is kept on one.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
 
 
 def first_line(err: BaseException) -> str:

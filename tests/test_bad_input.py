@@ -240,3 +240,14 @@ def test_numpy_weights_are_numbers_and_one_pair_scores_as_one(tiny):
     assert one.logprob == composer.score(["the cat"], [" sat down"])[0].logprob
     with one_line_error("score takes two lists of texts"):
         composer.score("the cat", [" sat", " ran"])
+
+
+def test_the_api_refuses_wrong_types_in_one_line(tiny):
+    objective = pair(tiny)
+    assert list(Composer(tiny["base"], objective).objectives) == [objective]  # one alone, as one prompt alone
+    with one_line_error("objectives: give a list of Objective"):
+        Composer(tiny["base"], {"s": objective})
+    with one_line_error("Member format 'chat': give a prompt format"):
+        Member(ModelSpec(tiny["anti"]), "chat")
+    with one_line_error(r"weights=tensor\(\[\[1.\], \[2.\]\]\): give a mapping"):
+        Composer(tiny["base"], objective).generate(["a", "b"], weights=torch.tensor([[1.0], [2.0]]))
