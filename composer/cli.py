@@ -49,6 +49,10 @@ from experts.errors import UserInputError
 from experts.loading import check_folder
 
 USER_ERRORS = (UserInputError, HydraException, OmegaConfBaseException)
+VALIDATE_USAGE = """usage: proxy-compose validate [recipe=NAME[,NAME...]] [hydra overrides...]
+
+Compose every recipe (or those named), build its objectives, schedules, metrics and guards, and check that
+local model folders exist, without loading weights. Prints ok or FAIL per recipe; exit code 1 if any failed."""
 FAILED_JOBS: list[Path] = []  # the job folders (or metrics.json) of this sweep's failed jobs, for the exit code
 
 register_configs()
@@ -61,6 +65,9 @@ def main() -> None:
     if args[:1] == ["report"]:
         sys.exit(_edge(lambda: report.main(args[1:])))
     if args[:1] == ["validate"]:
+        if {"-h", "--help"} & set(args[1:]):
+            print(VALIDATE_USAGE)
+            sys.exit(0)
         sys.exit(_edge(lambda: validate(args[1:])))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach _edge instead of its multi-line printer
     sys.exit(_edge(_run_command))

@@ -193,3 +193,11 @@ class AcmeRecipes(SearchPathPlugin):
     )
     result = cli("validate", cwd=tmp_path, pythonpath=f"{REPO}{os.pathsep}{site}")
     assert "ok    toy: 1 objective(s) ['helpful'], 3 unique model(s)" in result.stdout, result.stdout + result.stderr
+
+
+def test_help_names_the_subcommands_and_validate_has_its_own(tmp_path: Path):
+    top = cli("--help", cwd=tmp_path)
+    assert top.returncode == 0 and "report SWEEP_DIR" in top.stdout
+    assert "proxy-compose validate [overrides...]" in top.stdout
+    own = cli("validate", "--help", cwd=tmp_path)
+    assert own.returncode == 0 and own.stdout.startswith("usage: proxy-compose validate"), own.stderr
