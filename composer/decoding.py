@@ -50,7 +50,7 @@ class DecodingConfig:
         check_whole("decoding.num_return_sequences", self.num_return_sequences, minimum=1)
         if self.top_k is not None:
             check_whole("decoding.top_k", self.top_k, minimum=1)
-        _number("temperature", self.temperature, low=0.0, low_open=True)
+        _number("temperature", self.temperature, low=0.0, low_open=self.do_sample)  # lm-eval's greedy sets 0
         if self.top_p is not None:
             _number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
         if self.min_p is not None:

@@ -302,9 +302,13 @@ class Composer:
 
 def _prompt_list(prompts: Sequence[str] | str) -> list[str]:
     """One prompt or several, as a list; none is a mistake."""
+    if not isinstance(prompts, str) and not isinstance(prompts, Sequence):
+        raise UserInputError(f"prompts={prompts!r}: give a string or a list of strings")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise UserInputError("no prompts were given; pass at least one")
+    if not all(isinstance(p, str) for p in prompts):
+        raise UserInputError("prompts must be strings; token ids go through ComposedForCausalLM or session_over")
     return prompts
 
 

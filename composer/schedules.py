@@ -8,6 +8,7 @@ range of its values so that weight guards can be checked for every step before d
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from experts.errors import UserInputError, check_whole
@@ -15,7 +16,7 @@ from experts.errors import UserInputError, check_whole
 
 def _finite(owner: str, **values: float) -> None:
     for key, value in values.items():
-        if not isinstance(value, int | float) or not math.isfinite(value):
+        if not isinstance(value, numbers.Real) or not math.isfinite(value):  # numpy's scalars too
             raise UserInputError(f"{owner}: {key}={value!r} must be a finite number")
 
 

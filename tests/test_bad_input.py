@@ -99,7 +99,8 @@ def test_foreign_tokenizer_names_both_models_and_the_token(tiny):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"temperature": 0.0}, "temperature=0.0 must be a number > 0.0"),
+        ({"temperature": 0.0, "do_sample": True}, "temperature=0.0 must be a number > 0.0"),
+        ({"temperature": -1.0}, "temperature=-1.0 must be a number >= 0.0"),
         ({"top_p": 1.5}, "top_p=1.5"),
         ({"max_new_tokens": 0}, "max_new_tokens=0"),
         ({"num_return_sequences": 3}, "needs do_sample=true"),
@@ -240,6 +241,9 @@ def test_numpy_weights_are_numbers_and_one_pair_scores_as_one(tiny):
     assert one.logprob == composer.score(["the cat"], [" sat down"])[0].logprob
     with one_line_error("score takes two lists of texts"):
         composer.score("the cat", [" sat", " ran"])
+    for bad in (None, [[1, 2]]):
+        with one_line_error("prompts"):
+            composer.generate(bad)
 
 
 def test_the_api_refuses_wrong_types_in_one_line(tiny):

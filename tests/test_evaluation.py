@@ -179,3 +179,11 @@ def test_a_user_error_during_a_command_is_one_line_with_exit_code_2(tmp_path, mo
     for main in (evaluate.main, select_weight.main):
         code, lines = run_main(main, ["--n", "1", "--out", str(tmp_path)], capsys)
         assert (code, lines) == (2, ["error: a prompt is 300 tokens but model 'tiny-base' has a context window of 256"])
+
+
+def test_a_gap_that_is_not_there_reads_n_a_in_the_table():
+    from composer.evaluation.family import SYSTEMS
+
+    row = {**dict.fromkeys(SYSTEMS, 0.5), "gap_closed_proxy": math.nan, "gap_closed_multi": 0.25}
+    table = markdown_table({"math": row})
+    assert "| n/a | 25% |" in table and "nan" not in table

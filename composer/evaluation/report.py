@@ -14,20 +14,25 @@ def gap_closed(scores: dict[str, float], system: str) -> float:
     return (scores[system] - scores["base"]) / gap if gap else math.nan
 
 
+def _percent(fraction: float) -> str:
+    """A share of the gap; n/a where there is no gap to close (the tuned model scores as the base)."""
+    return "n/a" if math.isnan(fraction) else f"{fraction:.0%}"
+
+
 def markdown_table(scores: dict[str, dict[str, float]]) -> str:
     header = "| objective | " + " | ".join(SYSTEMS) + " | gap closed (proxy) | gap closed (multi) |"
     lines = [header, "|" + "---|" * (len(SYSTEMS) + 3)]
     for objective, row in scores.items():
         cells = [f"{row[s]:.3f}" for s in SYSTEMS] + [
-            f"{row['gap_closed_proxy']:.0%}",
-            f"{row['gap_closed_multi']:.0%}",
+            _percent(row["gap_closed_proxy"]),
+            _percent(row["gap_closed_multi"]),
         ]
         lines.append(f"| {objective} | " + " | ".join(cells) + " |")
     mean = lambda key: sum(r[key] for r in scores.values()) / len(scores)  # noqa: E731
     lines.append(
         "| mean | "
         + " | ".join(f"{mean(s):.3f}" for s in SYSTEMS)
-        + f" | {mean('gap_closed_proxy'):.0%} | {mean('gap_closed_multi'):.0%} |"
+        + f" | {_percent(mean('gap_closed_proxy'))} | {_percent(mean('gap_closed_multi'))} |"
     )
     return "\n".join(lines)
 
