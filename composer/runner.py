@@ -270,7 +270,7 @@ def prepare_output(
             raise UserInputError(f"output {str(output)!r} line {n} is not a record of a run; choose another output")
         records.append(record)
     if items:
-        _check_prompts(output, records, items, recipe)
+        _check_finished(output, records, items, recipe)
     return records
 
 
@@ -291,7 +291,7 @@ def _check_settings(output: Path, before: dict[str, Any], now: dict[str, Any]) -
         )
 
 
-def _check_prompts(
+def _check_finished(
     output: Path, records: Sequence[dict[str, Any]], items: Sequence[PromptItem], recipe: Mapping[str, float] | None
 ) -> None:
     """Each finished record must be one of this run's prompts, with its text and the weights this run gives

@@ -212,9 +212,8 @@ class Session:
         index = index.long()
         for unit in self.units:
             unit.stream.select(unit.rows_of(index, self.batch))
-        picked = index.tolist()
         self.rows = [  # format-major, as the streams' rows, so that a later start or tail_logits sees them
-            [group[f * self.batch + i] for f in range(len(group) // self.batch) for i in picked] for group in self.rows
+            [group[f * self.batch + i] for f in range(len(group) // self.batch) for i in rows] for group in self.rows
         ]
         self.row_weights = self.row_weights[:, index.to(self.row_weights.device)]
         self.steps = self.steps[index.cpu()]
