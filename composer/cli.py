@@ -4,6 +4,7 @@
     proxy-compose -m objectives.code.weight=0,0.5,1    sweep; every job writes metrics.json
     proxy-compose report SWEEP_DIR            CSV, Markdown table and Pareto plot of a sweep
     proxy-compose validate [overrides...]     compose and build every recipe without loading weights
+    proxy-compose lm-eval [lm-eval args...]   lm-eval's command line, --model proxy-composer known to it
 
 A user's mistake (a UserInputError or a config that does not compose) prints one ``error:`` line, exit code 2.
 """
@@ -69,6 +70,10 @@ def main() -> None:
             print(VALIDATE_USAGE)
             sys.exit(0)
         sys.exit(_edge(lambda: validate(args[1:])))
+    if args[:1] == ["lm-eval"]:
+        from composer.evaluation import lm_eval_model  # lm-eval is an extra: imported only when asked for
+
+        sys.exit(_edge(lambda: lm_eval_model.main(args[1:])))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach _edge instead of its multi-line printer
     sys.exit(_edge(_run_command))
 

@@ -9,12 +9,16 @@ call arbitrary code.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
@@ -107,6 +111,19 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     if not OmegaConf.has_resolver("family"):
         OmegaConf.register_new_resolver("family", family_model_path)
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The run config that ``proxy-compose OVERRIDES`` would run, for Python callers (the lm-eval adapter, the
+    evaluation). A caller's own Hydra (a @hydra.main script, a notebook's compose API) is put back after."""
+    register_configs()
+    outer = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra.compose("config", overrides=list(overrides))
+    finally:
+        restore_gh_from_backup(outer)
 
 
 def family_model_path(name: str) -> str:

@@ -202,6 +202,15 @@ def _check_available(spec: ModelSpec) -> None:
             )
 
 
+def device_available(where: str) -> bool:
+    """Is ``where`` a device that this machine has ('cpu' always; 'cuda:1' with two GPUs)?"""
+    if not _torch_device(where):
+        return False
+    device = torch.device(where)
+    count = _device_count(device.type)
+    return count is None or (device.index or 0) < count
+
+
 def _device_count(kind: str) -> int | None:
     """Devices of this kind here (torch.cuda, torch.xpu, ...), None where torch cannot tell (cpu, plug-ins)."""
     if kind == "mps":

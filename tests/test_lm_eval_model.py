@@ -2,9 +2,13 @@
 with every decoding setting a task asks for."""
 
 import json
+import subprocess
+import sys
 
 import pytest
+from hydra.errors import HydraException
 from lm_eval.api.instance import Instance
+from lm_eval.api.model import CachingLM
 
 from composer import Chat, Composer, DecodingConfig, Member, ModelSpec, Objective, UserInputError
 from composer.evaluation.lm_eval_model import ComposerLM
@@ -85,6 +89,84 @@ def test_loglikelihood_rolling_matches_hflm(raw_family):
     assert got == pytest.approx(expected, abs=1e-3)
 
 
+def test_contexts_beyond_the_window_are_cut_from_the_left_as_hflm_cuts_them(raw_family):
+    lm, hflm = raw_family
+    long = "Question: How do I clean my barn?\nAnswer: Sweep it. " * 20
+    assert len(hflm.tok_encode(long)) > hflm.max_length
+    pairs = [(long, " Sweep it."), ("Question: Hi\nAnswer:", " Brush the cat")]
+    got = lm.loglikelihood(requests("loglikelihood", pairs), disable_tqdm=True)
+    expected = hflm.loglikelihood(requests("loglikelihood", pairs), disable_tqdm=True)
+    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in expected], abs=1e-3)
+
+
+def test_a_context_beyond_the_window_generates_from_its_end(raw_family):
+    lm, _ = raw_family
+    long = "Question: How do I clean my barn?\nAnswer: Sweep it. " * 20
+    request = Instance("generate_until", {}, (long, {"until": ["\n"], "max_gen_toks": 8}), 0)
+    fitted = lm._fit_text(long, 8)
+    assert long.endswith(fitted) and len(lm.tok_encode(fitted)) + 8 <= lm.max_length
+    [text] = lm.generate_until([request], disable_tqdm=True)
+    assert text == lm.composer.generate(fitted, DecodingConfig(max_new_tokens=8, stop=("\n",)))[0].text
+    with pytest.raises(UserInputError, match="lower max_gen_toks"):
+        lm._fit_text(long, lm.max_length)
+
+
+def test_lm_eval_caches_what_the_adapter_computed(composer, tmp_path, monkeypatch):
+    """lm-eval's --use_cache: a second run of the same requests computes nothing."""
+    pairs = [("the cat sat", " on the mat"), ("hello", " world")]
+    generation = [("the cat", {"until": ["\n"], "max_gen_toks": 3})]
+    texts = [("Brush the cat.",)]
+
+    def run() -> tuple:
+        lm = CachingLM(ComposerLM(composer), str(tmp_path / "cache"))
+        return (
+            lm.loglikelihood(requests("loglikelihood", pairs)),
+            lm.generate_until(requests("generate_until", generation)),
+            lm.loglikelihood_rolling(requests("loglikelihood_rolling", texts)),
+        )
+
+    first = run()
+    monkeypatch.setattr(ComposerLM, "_score", lambda *a: pytest.fail("scored again"))
+    monkeypatch.setattr(Composer, "generate", lambda *a: pytest.fail("generated again"))
+    assert run() == first
+
+
+def test_model_args_are_the_recipes_overrides():
+    lm = ComposerLM.create_from_arg_string(
+        "recipe=tiny,objectives.math.weight=0.3,~objectives.code,batch_size=4", {"batch_size": 1, "device": "cuda:7"}
+    )
+    assert lm.batch_size == 4 and {o.name: o.weight for o in lm.composer.objectives} == {"math": 0.3, "safety": 0.1}
+    assert {str(m.device) for m in lm.composer.models} == {"cpu"}  # a device this machine lacks is passed over
+    assert ComposerLM.create_from_arg_obj({"recipe": "tiny"}, {"batch_size": "2", "device": "cpu"}).batch_size == 2
+    with pytest.raises(UserInputError, match="batch_size='auto'"):
+        ComposerLM.create_from_arg_string("recipe=tiny", {"batch_size": "auto"})
+    with pytest.raises(HydraException, match="mth"):
+        ComposerLM.create_from_arg_string("recipe=tiny,objectives.mth.weight=0.3")
+
+
+def test_lm_eval_command_line_runs_a_local_task(tmp_path):
+    rows = [{"q": "Lily has 2 pens. She buys 3 more. How many pens?", "a": "5"}]
+    (tmp_path / "data.jsonl").write_text(json.dumps(rows[0]))
+    (tmp_path / "tiny_gen.yaml").write_text(
+        f"task: tiny_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'data.jsonl'}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "generation_kwargs:\n  until: ['\\n']\n  max_gen_toks: 4\nmetric_list:\n  - metric: exact_match\n"
+    )
+    args = ["run", "--model", "proxy-composer", "--model_args", "recipe=tiny", "objectives.math.weight=0.3"]
+    args += ["--tasks", "tiny_gen", "--include_path", str(tmp_path), "--device", "cpu"]
+    done = subprocess.run([sys.executable, "-m", "composer", "lm-eval", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tiny_gen" in done.stdout and "exact_match" in done.stdout
+    wrong = [*args[:4], "recipe=nope", *args[6:]]
+    bad = subprocess.run([sys.executable, "-m", "composer", "lm-eval", *wrong], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in bad.stderr
+    chat = subprocess.run(
+        [sys.executable, "-m", "composer", "lm-eval", *args, "--apply_chat_template"], capture_output=True, text=True
+    )
+    assert chat.returncode == 2 and "drop --apply_chat_template" in chat.stderr.strip().splitlines()[-1]
+
+
 def test_generate_until_stops(composer):
     free = composer.generate("the cat", DecodingConfig(max_new_tokens=6))[0].text
     stop = free.split()[2]
@@ -97,6 +179,8 @@ class Recorder:
     """A stand-in Composer that records the decoding settings it is asked to generate with."""
 
     tokenizer = None
+    models: list = []  # no context windows to fit
+    plan = type("Plan", (), {"formats": []})
 
     def __init__(self) -> None:
         self.configs: list[DecodingConfig] = []

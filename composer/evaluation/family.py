@@ -11,11 +11,7 @@ import dataclasses
 import functools
 from collections.abc import Mapping
 
-import hydra
-from hydra.core.global_hydra import GlobalHydra
-from hydra.initialize import get_gh_backup, restore_gh_from_backup
-
-from composer.config import CONF_DIR, build_objectives, register_configs
+from composer.config import build_objectives, compose
 from composer.engine import Composer
 from composer.objectives import Member, Objective
 from experts.family import BASE, MODELS_DIR, OBJECTIVES, TUNED, base_prompt, expert_name
@@ -38,15 +34,7 @@ def member(name: str, chat: bool) -> Member:
 def recipe_objectives() -> dict[str, Objective]:
     """The tiny recipe's objectives as ``proxy-compose`` builds them (no weights load): the pairs, their formats
     and their guards (safety is protected) come from the shipped config, not from a copy here."""
-    register_configs()
-    outer = get_gh_backup()  # a caller's own Hydra (a @hydra.main script, a notebook's compose API) is put back
-    GlobalHydra.instance().clear()
-    try:
-        with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra.compose("config", overrides=["recipe=tiny"])
-    finally:
-        restore_gh_from_backup(outer)
-    return {o.name: o for o in build_objectives(cfg)}
+    return {o.name: o for o in build_objectives(compose(["recipe=tiny"]))}
 
 
 def proxy_objective(objective: str, weight: float = 1.0) -> Objective:

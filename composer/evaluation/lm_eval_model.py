@@ -4,27 +4,38 @@ Unlike ``HFLM`` over ``ComposedForCausalLM``, this adapter knows where the conte
 sees its own prompt format (chat experts get their template) and schedules count continuation tokens.
 Tokenisation is lm-eval's own (``TemplateLM``): the context's trailing whitespace moves into the continuation,
 an empty context is the prefix token alone, and long texts are cut into HFLM's rolling windows, so that a
-recipe without prompt formats scores exactly as ``HFLM`` does.
-Import this module before ``lm_eval.simple_evaluate`` (lm-eval 0.4 has no entry-point plug-ins).
+recipe without prompt formats scores exactly as ``HFLM`` does, texts too long for a member's context window
+included (cut from the left, as HFLM cuts them).
+
+Import this module before ``lm_eval.simple_evaluate`` (lm-eval 0.4 has no entry-point plug-ins), or run lm-eval's
+command line through ``proxy-compose lm-eval ...``. By name, ``model_args`` are a recipe's Hydra overrides
+(``recipe=tiny,objectives.math.weight=0.3``) besides ``batch_size`` and ``max_gen_toks``.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Sequence
 from dataclasses import fields
+from typing import Any
 
 import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import Collator, has_bos_prefix, normalize_gen_kwargs, resolve_max_length
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
+from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from composer.config import build_composer, compose
 from composer.decoding import DecodingConfig
 from composer.engine import Composer
 from composer.weights import row_weights
 from experts.errors import UserInputError
+from experts.loading import device_available
 from experts.prompts import PromptFormat, Raw
 
 # A request as TemplateLM hands it to _loglikelihood_tokens: (context, continuation) text, or None for a
@@ -35,6 +46,7 @@ TokenRequest = tuple[tuple[str, str] | None, list[int], list[int]]
 # one text per request, so num_return_sequences has no place; ``until`` is lm-eval's name for the stop strings.
 TOKEN_BUDGET = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 GEN_KWARGS = {"until", *TOKEN_BUDGET, *({f.name for f in fields(DecodingConfig)} - {"stop", "num_return_sequences"})}
+logger = logging.getLogger(__name__)
 
 
 @register_model("proxy-composer")
@@ -45,6 +57,33 @@ class ComposerLM(TemplateLM):
         self.tokenizer = composer.tokenizer
         self.batch_size = batch_size
         self.max_gen_toks = max_gen_toks
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> ComposerLM:
+        """``--model_args recipe=tiny,objectives.math.weight=0.3,batch_size=4`` (lm-eval's comma-separated form)."""
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> ComposerLM:
+        """The composer that ``proxy-compose`` would build with these overrides. ``batch_size`` and
+        ``max_gen_toks`` are the adapter's; lm-eval's ``--batch_size`` counts where model_args has none, its
+        ``--device`` places the models that the recipe does not."""
+        args = dict(arg_dict)
+        extra = {key: value for key, value in (additional_config or {}).items() if value is not None}
+        batch_size = _whole("batch_size", args.pop("batch_size", extra.get("batch_size", 8)))
+        max_gen_toks = _whole("max_gen_toks", args.pop("max_gen_toks", 256))
+        cfg = compose([_override(key, value) for key, value in args.items()])
+        if "device" in extra:
+            _place(cfg, str(extra["device"]))
+        return cls(build_composer(cfg), batch_size=batch_size, max_gen_toks=max_gen_toks)
+
+    @property
+    def tokenizer_name(self) -> str:
+        """lm-eval reads it only to apply a chat template over the whole composition (--apply_chat_template)."""
+        raise UserInputError(
+            "proxy-composer gives each member its own prompt format (format: chat in the recipe); "
+            "drop --apply_chat_template"
+        )
 
     @property
     def eot_token_id(self) -> int:
@@ -80,7 +119,11 @@ class ComposerLM(TemplateLM):
         )
         results: list[tuple[float, bool]] = []
         for batch in tqdm(list(collator.get_batched(n=self.batch_size)), disable=disable_tqdm, desc="loglikelihood"):
-            results += self._score(batch)
+            scores = self._score(batch)
+            for (key, _, _), score in zip(batch, scores, strict=True):
+                if key is not None:  # a rolling window: its text is cached whole, by loglikelihood_rolling
+                    self.cache_hook.add_partial("loglikelihood", key, score)
+            results += scores
         return collator.get_original(results)
 
     def _score(self, batch: list[TokenRequest]) -> list[tuple[float, bool]]:
@@ -90,7 +133,7 @@ class ComposerLM(TemplateLM):
         width = len(batch[0][2])
         rows = [
             [
-                self._context(fmt, model.tokenizer, key, context) + continuation[:-1]
+                self._fit(self._context(fmt, model.tokenizer, key, context) + continuation[:-1], key)
                 for fmt in formats
                 for key, context, continuation in batch
             ]
@@ -103,6 +146,12 @@ class ComposerLM(TemplateLM):
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1).sum(-1)
         greedy = (logits.argmax(-1) == ids).all(-1)
         return list(zip(logprobs.tolist(), greedy.tolist(), strict=True))
+
+    def _fit(self, row: list[int], key: tuple[str, str] | None) -> list[int]:
+        """HFLM's cut of a context that does not fit: the last ``max_length`` tokens predict the continuation."""
+        if len(row) > self.max_length:
+            logger.warning("%r: %d tokens, cut to the last %d from the left", key, len(row), self.max_length)
+        return row[-self.max_length :]
 
     @staticmethod
     def _context(
@@ -130,7 +179,10 @@ class ComposerLM(TemplateLM):
             for request in requests
         ]
         scores = iter(self._loglikelihood_tokens([w for windows in per_text for w in windows], disable_tqdm))
-        return [sum(next(scores)[0] for _ in windows) for windows in per_text]
+        totals = [sum(next(scores)[0] for _ in windows) for windows in per_text]
+        for request, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", (request.args[0],), total)
+        return totals
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Requests that share generation settings run as batches, results in request order. Every group's
@@ -144,12 +196,39 @@ class ComposerLM(TemplateLM):
         for indices, config in zip(groups.values(), configs, strict=True):
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                completions = self.composer.generate([requests[i].args[0] for i in chunk], config)
+                contexts = [self._fit_text(requests[i].args[0], config.max_new_tokens) for i in chunk]
+                completions = self.composer.generate(contexts, config)
                 for i, completion in zip(chunk, completions, strict=True):
                     results[i] = completion.text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, completion.text)
                 bar.update(len(chunk))
         bar.close()
         return results
+
+    def _fit_text(self, context: str, new_tokens: int) -> str:
+        """HFLM's cut of a context too long to leave room for ``new_tokens``: tokens dropped from its left until
+        every member's rendering of it fits that member's context window."""
+        windows = [
+            (model, fmt)
+            for model, formats in zip(self.composer.models, self.composer.plan.formats, strict=True)
+            if model.context_window is not None
+            for fmt in formats
+        ]
+        for _ in range(4):  # a cut text can re-tokenise a little longer: measure again
+            if not windows:
+                return context
+            excess = max(len(fmt.render(context, m.tokenizer)) + new_tokens - m.context_window for m, fmt in windows)
+            if excess <= 0:
+                return context
+            ids = self.tokenizer.encode(context, add_special_tokens=False)
+            if excess >= len(ids):
+                raise UserInputError(
+                    f"max_gen_toks={new_tokens} leaves no room for a context within the members' context windows; "
+                    "lower max_gen_toks"
+                )
+            logger.warning("a context of %d tokens is cut by %d from the left", len(ids), excess)
+            context = self.tokenizer.decode(ids[excess:])
+        return context
 
     def _decoding(self, gen_kwargs: dict) -> DecodingConfig:
         """lm-eval's normalisation (token-budget aliases; greedy unless sampling is asked for), then every
@@ -165,3 +244,40 @@ class ComposerLM(TemplateLM):
         if not kwargs["do_sample"]:
             kwargs.pop("temperature", None)  # lm-eval sets 0.0 for greedy; the composer ignores it there
         return DecodingConfig(max_new_tokens=max_new_tokens, stop=tuple(until), **kwargs)
+
+
+def _whole(name: str, value: Any) -> int:
+    """lm-eval hands numbers as given on its command line: 4, '4'; its 'auto' sizes are HFLM's own."""
+    if isinstance(value, int | str) and not isinstance(value, bool) and str(value).isdigit() and int(value) > 0:
+        return int(value)
+    raise UserInputError(f"{name}={value!r}: give a whole number above 0")
+
+
+def _override(key: str, value: Any) -> str:
+    """A model_args entry as the Hydra override it spells: lm-eval has already read 'true' and '0.3' as values."""
+    if key.startswith("~") and value in ("", None):
+        return key
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{key}={text}"
+
+
+def _place(cfg: DictConfig, device: str) -> None:
+    """lm-eval's ``--device`` (cuda:0 unless given) for the models that the recipe leaves unplaced. One this
+    machine lacks is passed over, as HFLM falls back to the devices there are."""
+    if not device_available(device):
+        logger.info("device %r is not on this machine: the recipe's placement stands", device)
+        return
+    nodes = [cfg.base, *(node for objective in cfg.objectives.values() for node in (objective.expert, objective.anti))]
+    with open_dict(cfg):
+        for node in nodes:
+            if node.device is None and node.device_map is None:
+                node.device = device
+
+
+def main(argv: Sequence[str]) -> int:
+    """``proxy-compose lm-eval ARGS``: lm-eval's own command line, with ``--model proxy-composer`` known to it."""
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm-eval", *argv]
+    cli_evaluate()
+    return 0
