@@ -265,7 +265,7 @@ class Composer:
     def _finish_reason(self, token: int, tokens: list[int], config: DecodingConfig) -> str:
         if token in self.eos_ids:
             return "eos"
-        if config.stop and any(s in self.tokenizer.decode(tokens) for s in config.stop):
+        if config.stop and any(s in self.tokenizer.decode(tokens[-_stop_window(config.stop) :]) for s in config.stop):
             return "stop"
         return "length"
 
@@ -326,3 +326,11 @@ def _eos_ids(model: LoadedModel) -> set[int]:
         eos = model.tokenizer.eos_token_id
     ids = eos if isinstance(eos, list) else [eos]
     return {i for i in ids if i is not None}
+
+
+def _stop_window(stops: tuple[str, ...]) -> int:
+    """Tokens whose decoded text holds any stop string that the last token completed: each token decodes to at
+    least one byte, so the longest stop's bytes in tokens, and two more, reach back past a match's first token
+    (whose leading space a SentencePiece decode of a window would drop). Decoding the tail, not the whole text,
+    keeps a long generation's stop checks linear in its length."""
+    return max(len(s.encode()) for s in stops) + 2

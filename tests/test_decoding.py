@@ -2,9 +2,12 @@
 
 import copy
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from composer import Composer, DecodingConfig, Draft, Member, ModelSpec, Objective
@@ -158,3 +161,31 @@ def test_sampling_knobs_under_greedy_decoding_warn_as_transformers_does():
         warnings.simplefilter("error")
         DecodingConfig(do_sample=True, temperature=0.3, top_k=5, top_p=0.5, min_p=0.1)
         DecodingConfig(repetition_penalty=1.2)
+
+
+@pytest.fixture(scope="module")
+def byte_level():
+    from experts.family import MODELS_DIR
+
+    return AutoTokenizer.from_pretrained(MODELS_DIR / "tiny-base")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_stop_checks_of_the_tail_fire_where_the_whole_text_would(byte_level, data):
+    """A stop string is looked for in the last tokens' text only: it must fire at the same token as a search of
+    the whole decoded text, on a byte-level BPE (multi-byte characters split over tokens) and a word-level
+    tokenizer, special tokens kept."""
+    from tests.tiny_models import build_tokenizer
+
+    tokenizer = data.draw(st.sampled_from([byte_level, build_tokenizer()]))
+    tokens = data.draw(st.lists(st.integers(0, len(tokenizer) - 1), min_size=1, max_size=40))
+    text = tokenizer.decode(tokens)
+    start = data.draw(st.integers(0, len(text) - 1)) if text else 0
+    stop = text[start : start + data.draw(st.integers(1, 12))] or "x"
+    config = DecodingConfig(max_new_tokens=40, stop=(stop, "\u00e9\n"))
+    holder = SimpleNamespace(eos_ids=set(), tokenizer=tokenizer)
+    ends = range(1, len(tokens) + 1)
+    whole = [any(s in tokenizer.decode(tokens[:k]) for s in config.stop) for k in ends]
+    tail = [Composer._finish_reason(holder, tokens[k - 1], tokens[:k], config) == "stop" for k in ends]
+    assert tail.index(True) == whole.index(True) if True in whole else True not in tail
