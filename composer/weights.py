@@ -29,18 +29,32 @@ def row_weights(
             )
         if len(rows) != batch:
             raise UserInputError(f"got {len(rows)} weight overrides for {batch} prompts; give one per prompt")
-    known = [o.name for o in objectives]
     table = torch.empty(len(objectives), batch, dtype=torch.float64)
-    notes: list[list[str]] = [[] for _ in rows]
+    notes: list[list[str]] = []
     for b, row in enumerate(rows):
-        unknown = sorted(set(row) - set(known))
-        if unknown:
-            raise UserInputError(f"weights name unknown objective(s) {unknown}; this recipe has {known}")
-        for k, objective in enumerate(objectives):
-            value = row.get(objective.name, objective.weight)
-            check_weight(objective.name, value)
-            note = check_guards(objective, value, overridden_guards)
-            if note is not None:
-                notes[b].append(note)
-            table[k, b] = float(value)  # an int beyond int64 (2**63) is still a valid weight
+        try:
+            notes.append(_fill(table[:, b], objectives, row, overridden_guards))
+        except UserInputError as err:
+            if len(rows) > 1 and row:  # the row's own weights failed: say which of many rows
+                raise UserInputError(f"weights of prompt {b} (counting from 0): {err}") from None
+            raise
     return table, notes
+
+
+def _fill(
+    column: torch.Tensor, objectives: Sequence[Objective], row: Mapping[str, float], overridden_guards: Collection[str]
+) -> list[str]:
+    """One row's weights into ``column``; returns the notes of the guards its overrides let pass."""
+    known = [o.name for o in objectives]
+    unknown = sorted(set(row) - set(known))
+    if unknown:
+        raise UserInputError(f"weights name unknown objective(s) {unknown}; this recipe has {known}")
+    notes = []
+    for k, objective in enumerate(objectives):
+        value = row.get(objective.name, objective.weight)
+        check_weight(objective.name, value)
+        note = check_guards(objective, value, overridden_guards)
+        if note is not None:
+            notes.append(note)
+        column[k] = float(value)  # an int beyond int64 (2**63) is still a valid weight
+    return notes

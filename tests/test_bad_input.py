@@ -165,6 +165,9 @@ def test_protected_objective_refuses_a_negative_weight(tiny):
         Composer(tiny["base"], [guarded(tiny, weight=-1.0, protected=True)])
     with one_line_error("protected objective would get a negative weight"):
         Composer(tiny["base"], [guarded(tiny, protected=True)]).generate("the cat", weights={"safety": -0.5})
+    rows = [{}, {"safety": 1}, {"safety": -1}]
+    with one_line_error(r"^weights of prompt 2 \(counting from 0\): objective 'safety': protected objective would"):
+        Composer(tiny["base"], [guarded(tiny, protected=True)]).check(["a", "b", "c"], rows)
     with one_line_error("negative weight"):  # a schedule that crosses zero is caught before decoding
         Composer(tiny["base"], [guarded(tiny, protected=True, schedule=Linear(start=1.0, end=-1.0, steps=4))])
 
