@@ -140,8 +140,9 @@ def test_candidate_weights_are_checked_before_any_evaluation(argv, message, tmp_
 
     monkeypatch.setattr(select_weight, "build_system", refuse_to_run)
     monkeypatch.setattr(select_weight.GENERATORS["math"], "generate", refuse_to_run)
-    code, lines = run_main(select_weight.main, [*argv, "--n", "2", "--out", str(tmp_path)], capsys)
+    code, lines = run_main(select_weight.main, [*argv, "--n", "2", "--out", str(tmp_path / "selection")], capsys)
     assert code == 2 and len(lines) == 1 and lines[0].startswith(message)
+    assert not (tmp_path / "selection").exists()  # a refused command leaves no output folder behind
 
 
 def test_the_evaluated_objectives_are_the_shipped_recipes_guards_included():

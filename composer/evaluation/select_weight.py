@@ -92,8 +92,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/weight_selection"))
     args = parser.parse_args(argv)
     with user_errors():
+        weights = candidates(args.weights, dict(args.grid))
+        check_candidates(weights)  # before --out is made: a refused command leaves nothing behind
         out = output_folder(args.out)
-        result = select(candidates(args.weights, dict(args.grid)), args.n, out, args.max_new_tokens)
+        result = select(weights, args.n, out, args.max_new_tokens)
         (out / "selection.json").write_text(json.dumps(result, indent=2))
         table = markdown(result)
         (out / "selection.md").write_text(f"Validation split, n={args.n}\n\n{table}\n")
