@@ -209,11 +209,11 @@ class Composer:
             tokens.append(int(chosen[0]))
             reason = self._finish_reason(tokens[-1], tokens, config)
             text = self._text(tokens, reason, config)
-            if reason == "length" and text.endswith("\ufffd"):
-                continue  # a multi-byte character is still incomplete
-            if len(text) > len(shown):
-                yield text[len(shown) :]
-                shown = text
+            last = reason != "length" or len(tokens) == config.max_new_tokens
+            ready = text if last else _settled(text, config.stop)
+            if len(ready) > len(shown):
+                yield ready[len(shown) :]
+                shown = ready
             if reason != "length":
                 return
 
@@ -326,6 +326,14 @@ def _eos_ids(model: LoadedModel) -> set[int]:
         eos = model.tokenizer.eos_token_id
     ids = eos if isinstance(eos, list) else [eos]
     return {i for i in ids if i is not None}
+
+
+def _settled(text: str, stops: tuple[str, ...]) -> str:
+    """What a stream may show of ``text`` while decoding goes on: not a trailing incomplete character, nor the
+    longest ending that a later token could complete into a stop string (which ``generate`` would cut off)."""
+    text = text.rstrip("\ufffd")
+    held = max((n for stop in stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
+    return text[: len(text) - held]
 
 
 def _stop_window(stops: tuple[str, ...]) -> int:

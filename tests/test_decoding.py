@@ -189,3 +189,23 @@ def test_stop_checks_of_the_tail_fire_where_the_whole_text_would(byte_level, dat
     whole = [any(s in tokenizer.decode(tokens[:k]) for s in config.stop) for k in ends]
     tail = [Composer._finish_reason(holder, tokens[k - 1], tokens[:k], config) == "stop" for k in ends]
     assert tail.index(True) == whole.index(True) if True in whole else True not in tail
+
+
+def test_a_stream_shows_exactly_the_text_that_generate_returns(byte_level, tmp_path):
+    """A stop string spanning two tokens (the stream once showed its first part), and a multi-byte character
+    cut by max_new_tokens (the stream once dropped it): a random model on the byte-level tokenizer, sampling."""
+    from tests.tiny_models import build_model
+
+    composer = Composer(str(build_model(tmp_path / "bytes", seed=0, tokenizer=byte_level, hidden=48)))
+    seen = 0
+    for seed in range(12):
+        config = DecodingConfig(max_new_tokens=6, do_sample=True, seed=seed)
+        tokens = composer.generate("hello", config)[0].token_ids
+        pieces = [byte_level.decode(tokens[:k]) for k in range(1, 4)]
+        straddle = pieces[1][len(pieces[0]) - 1 : len(pieces[0]) + 1]  # one token's last character, the next's first
+        for stop in [(), (straddle,)] if len(straddle) == 2 and "\ufffd" not in straddle else [()]:
+            config = DecodingConfig(max_new_tokens=6, do_sample=True, seed=seed, stop=stop)
+            text = composer.generate("hello", config)[0].text
+            seen += bool(stop) or text.endswith("\ufffd")
+            assert "".join(composer.stream("hello", config)) == text
+    assert seen >= 2  # the cases that once differed did occur
