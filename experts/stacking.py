@@ -27,14 +27,40 @@ _NAME_KEYS = {"_name_or_path", "_commit_hash", "transformers_version", "architec
 
 
 def signature(loaded: LoadedModel) -> tuple | None:
-    """Models with equal signatures compute the same function of their weights; None: never stacked
-    (spread over several devices by a device map)."""
+    """Models with equal signatures compute the same function of their weights; None: never stacked (spread over
+    several devices by a device map, or altered beyond what its config builds: see ``_as_built``)."""
     model = loaded.model
     if loaded.spec.device_map is not None:
         return None
-    config = {k: v for k, v in model.config.to_dict().items() if k not in _NAME_KEYS}
+    config = repr(sorted((k, v) for k, v in model.config.to_dict().items() if k not in _NAME_KEYS))
+    if not _as_built(model, config):
+        return None
     dtype = next(model.parameters()).dtype
-    return (type(model), repr(sorted(config.items())), dtype, loaded.device)
+    return (type(model), config, dtype, loaded.device)
+
+
+def _as_built(model: nn.Module, config: str) -> bool:
+    """Is ``model`` what its class builds from its config? The stack is rebuilt from the config alone, so hooks
+    (a banned token) and modules put in after construction (LoRA adapters injected by PEFT, quantised layers)
+    would silently drop out of a stacked member's forward."""
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return False
+    return _layout(model) == _built_layout(type(model), config, model.config)
+
+
+def _layout(model: nn.Module) -> tuple[tuple[str, type], ...]:
+    return tuple((name, type(module)) for name, module in model.named_modules())
+
+
+def _built_layout(cls: type[nn.Module], key: str, config: object) -> tuple[tuple[str, type], ...]:
+    """The modules a fresh model of this class and config (``key``) has, built once on the meta device."""
+    if (cls, key) not in _BUILT:
+        with torch.device("meta"):
+            _BUILT[cls, key] = _layout(cls(config))
+    return _BUILT[cls, key]
+
+
+_BUILT: dict[tuple[type, str], tuple[tuple[str, type], ...]] = {}
 
 
 def stack_groups(models: Sequence[LoadedModel], alone: Collection[int] = ()) -> list[list[int]]:

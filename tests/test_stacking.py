@@ -208,3 +208,37 @@ def test_a_composer_keeps_its_stack_across_sessions_and_lets_it_go_with_itself(t
     del steered
     gc.collect()
     assert held() is None
+
+
+class ScaledLinear(torch.nn.Module):
+    """What PEFT does to a tuned model: a layer wrapped after construction (here, its output doubled)."""
+
+    def __init__(self, inner: torch.nn.Linear) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.inner(x)
+
+
+@pytest.mark.parametrize("alter", ["hook", "wrapped layer"])
+def test_a_member_altered_after_construction_is_not_stacked(tiny, alter):
+    """The stack is rebuilt from a config: a hook or an injected module would silently drop out of its forward."""
+    from experts.loading import register
+
+    loaded = load(ModelSpec(tiny["expert_a"]))
+    model = LlamaForCausalLM.from_pretrained(tiny["expert_a"]).eval()
+    if alter == "hook":
+        model.lm_head.register_forward_hook(lambda module, args, out: out.index_fill(-1, torch.tensor([3]), -1e4))
+    else:
+        model.model.layers[0].mlp.down_proj = ScaledLinear(model.model.layers[0].mlp.down_proj)
+    spec = register(f"altered-{alter}", model, loaded.tokenizer)
+    anti = member(tiny["anti"])
+    pairs = [Objective("a", Member(spec), anti), Objective("b", member(tiny["expert_b"]), anti)]
+    stacked = Composer(tiny["base"], pairs)
+    assert sorted(sorted(unit.groups) for unit in stacked.session(["the cat"]).units) == [[0], [1], [2, 3]]
+    alone = Composer(tiny["base"], pairs, stack_models=False)
+    config = DecodingConfig(max_new_tokens=6)
+    got, expected = (c.generate(["the cat sat"], config, trace=True)[0] for c in (stacked, alone))
+    assert got.token_ids == expected.token_ids
+    assert got.trace[0].contributions == pytest.approx(expected.trace[0].contributions, abs=1e-5)
