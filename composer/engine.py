@@ -21,7 +21,7 @@ from composer.vocab import common_vocab_width
 from composer.weights import WeightOverride, row_weights
 from experts.errors import UserInputError
 from experts.loading import LoadedModel, ModelSpec, load
-from experts.stream import check_fits, left_pad
+from experts.stream import check_fits
 
 
 @dataclass
@@ -313,11 +313,13 @@ def _prompt_list(prompts: Sequence[str] | str) -> list[str]:
 
 
 def _base_prompt_ids(session: Session) -> torch.Tensor:
-    """The base's left-padded prompt ids, the history that the repetition penalty looks at."""
+    """The base's prompt ids, the history that the repetition penalty looks at: a shorter row is filled on the
+    left with its own first id, not the pad token, which the penalty (reading ids as a set) would lower in a
+    batch and not alone."""
     base = session.plan.base
     rows = session.rows[base.group][base.format * session.batch : (base.format + 1) * session.batch]
-    ids, _ = left_pad(rows, session.models[base.group].tokenizer.pad_token_id, session.device)
-    return ids
+    width = max(len(row) for row in rows)
+    return torch.tensor([[row[0]] * (width - len(row)) + row for row in rows], device=session.device)
 
 
 def _eos_ids(model: LoadedModel) -> set[int]:

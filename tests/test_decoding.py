@@ -209,3 +209,24 @@ def test_a_stream_shows_exactly_the_text_that_generate_returns(byte_level, tmp_p
             seen += bool(stop) or text.endswith("\ufffd")
             assert "".join(composer.stream("hello", config)) == text
     assert seen >= 2  # the cases that once differed did occur
+
+
+def test_the_repetition_penalty_reads_a_batched_row_as_it_reads_it_alone(tiny, monkeypatch):
+    """A shorter row's left padding is not part of its history: the pad token kept its score (it lost it to the
+    penalty in a batch, as transformers' generate() over a left-padded batch does)."""
+    import composer.engine
+
+    seen: list[torch.Tensor] = []
+
+    def record(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None) -> torch.Tensor:
+        seen.append(scores.clone())
+        return scores.argmax(-1)
+
+    monkeypatch.setattr(composer.engine, "choose", record)
+    both = steered(tiny)
+    config = DecodingConfig(max_new_tokens=1, repetition_penalty=1.8)
+    both.generate(["the cat sat on the mat and ran", "dog"], config)
+    both.generate(["dog"], config)
+    batched, alone, pad = seen[0][1], seen[1][0], both.tokenizer.pad_token_id
+    assert float(batched[pad]) == pytest.approx(float(alone[pad]), rel=1e-4)
+    assert torch.allclose(batched, alone, atol=1e-4)
