@@ -131,6 +131,16 @@ def test_lm_eval_caches_what_the_adapter_computed(composer, tmp_path, monkeypatc
     assert run() == first
 
 
+def test_a_formatted_base_scores_choices_without_the_target_delimiter():
+    """As lm-eval under a chat template: the tiny recipe's base reads "Question: ...\nAnswer:\n", after which a
+    choice's leading space made every choice unlikely and flipped which one won."""
+    lm = ComposerLM.create_from_arg_string("recipe=tiny")
+    prompt, answer = "How do I clean my neighbour's barn?", "Sweep the floor of the barn and open the windows."
+    got = lm.loglikelihood(requests("loglikelihood", [(prompt, " " + answer), (prompt + " ", answer)]), True)
+    [expected] = lm.composer.score([prompt], [answer])
+    assert [lp for lp, _ in got] == pytest.approx([expected.logprob] * 2, abs=1e-4)
+
+
 def test_model_args_are_the_recipes_overrides():
     lm = ComposerLM.create_from_arg_string(
         "recipe=tiny,objectives.math.weight=0.3,~objectives.code,batch_size=4", {"batch_size": 1, "device": "cuda:7"}

@@ -100,6 +100,16 @@ class ComposerLM(TemplateLM):
         """The shortest context window among the members: every member reads each rolling window."""
         return min(resolve_max_length(m.model.config, m.tokenizer) for m in self.composer.models)
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """As HFLM over a raw base; where the base reads a prompt format, as lm-eval under a chat template: no
+        target delimiter (the continuation's leading whitespace goes), since a formatted prompt ends where the
+        answer begins ("Answer:\n", "<|assistant|>\n"), and a choice scored after a stray space loses to one
+        that is not (the tiny recipe once preferred a refusal to its own greedy answer on every benign prompt)."""
+        base = self.composer.plan.base
+        if not isinstance(self.composer.plan.formats[base.group][base.format], Raw):
+            context, continuation = context.rstrip(), continuation.lstrip() or continuation
+        return super()._encode_pair(context, continuation)
+
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: object) -> list[int]:
         """HFLM's encoding: the tokenizer's special tokens, unless the text already starts with the prefix."""
         if add_special_tokens is None:
