@@ -22,6 +22,7 @@ from typing import Any
 
 import hydra
 import transformers
+import yaml
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -40,6 +41,7 @@ from composer.config import (
     build_draft,
     build_metrics,
     build_objectives,
+    check_keys,
     register_configs,
 )
 from composer.guards import check_overrides
@@ -49,7 +51,7 @@ from composer.weights import row_weights
 from experts.errors import UserInputError
 from experts.loading import check_folder
 
-USER_ERRORS = (UserInputError, HydraException, OmegaConfBaseException)
+USER_ERRORS = (UserInputError, HydraException, OmegaConfBaseException, yaml.YAMLError)  # a YAML file's syntax too
 VALIDATE_USAGE = """usage: proxy-compose validate [recipe=NAME[,NAME...]] [hydra overrides...]
 
 Compose every recipe (or those named), build its objectives, schedules, metrics and guards, and check that
@@ -98,12 +100,14 @@ def run(cfg: DictConfig) -> list[float] | None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             run_job(cfg, job_dir, overrides)
-        except UserInputError as err:  # exit here: past this point Hydra would print an extra line
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
         except Interrupted as err:
             print(err, file=sys.stderr)
             sys.exit(130)
+        except Exception as err:  # exit here: past this point Hydra would print an extra line
+            if not is_user_error(err):
+                raise
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            sys.exit(2)
         return None
     try:
         return list(run_job(cfg, job_dir, overrides, hydra_cfg.job.num)["metrics"].values())
@@ -183,6 +187,7 @@ def _names(override: Override) -> list[str]:
 
 
 def _describe(cfg: DictConfig) -> str:
+    check_keys(cfg)
     base, objectives = build_base(cfg), build_objectives(cfg)
     build_decoding(cfg)
     build_draft(cfg)

@@ -131,6 +131,28 @@ def family_model_path(name: str) -> str:
     return str(Path(family.MODELS_DIR) / name)
 
 
+def check_keys(cfg: DictConfig) -> None:
+    """Keys added with '+' (Hydra's own hint for a misspelt key) are past the schema's checks: a misspelt
+    '+objectives.math.wieght=2' would change nothing, silently."""
+    _check_node("the config", cfg, RunConfig)
+    _check_node("speculative", cfg.speculative, SpeculativeConfig)
+    _check_node("base", cfg.base, ModelConfig)
+    for name, node in cfg.objectives.items():
+        _check_node(f"objectives.{name}", node, ObjectiveConfig)
+        for side in ("expert", "anti"):
+            if isinstance(node.get(side), DictConfig):
+                _check_node(f"objectives.{name}.{side}", node[side], ModelConfig)
+
+
+def _check_node(key: str, node: Any, schema: type) -> None:
+    if not isinstance(node, DictConfig):
+        return  # a missing or mistyped node: building it names the problem
+    known = sorted(f.name for f in fields(schema))
+    unknown = sorted(set(node.keys()) - set(known))
+    if unknown:
+        raise UserInputError(f"{key} has unknown key(s) {unknown}; known keys are {known}")
+
+
 def build_base(cfg: DictConfig) -> Member:
     return build_member("base", cfg.base)
 
@@ -194,6 +216,7 @@ def build_draft(cfg: DictConfig) -> Draft | None:
 
 def build_composer(cfg: DictConfig) -> Composer:
     """The Composer for a composed config: the one step that loads weights."""
+    check_keys(cfg)
     return Composer(
         build_base(cfg),
         build_objectives(cfg),

@@ -7,6 +7,7 @@ recipe's per-objective metrics over all records) into its job folder, which the 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -20,7 +21,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from composer.config import build_composer, build_decoding, build_draft, build_metrics
+from composer.config import (
+    build_base,
+    build_composer,
+    build_decoding,
+    build_draft,
+    build_metrics,
+    build_objectives,
+    check_keys,
+)
 from composer.decoding import DecodingConfig
 from composer.engine import Completion, Composer
 from composer.speculative import Draft
@@ -46,6 +55,9 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = (), job: 
     """Compose, run every prompt not yet in the output, and write metrics.json; returns its content. ``job``
     is the job's number in a sweep, so that a job never resumes another job's output."""
     started = time.monotonic()
+    check_keys(cfg)
+    build_base(cfg)
+    objectives = build_objectives(cfg)  # a mistake in the recipe is named before anything is read or written
     items = load_prompts(list(cfg.prompts), cfg.prompts_file)
     output = Path(cfg.output) if cfg.output else job_dir / OUTPUT_NAME
     metrics = build_metrics(cfg)
@@ -54,7 +66,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = (), job: 
     check_whole("batch_size", cfg.batch_size, minimum=1)
     if cfg.prompts_file and output.resolve() == Path(cfg.prompts_file).resolve():
         raise UserInputError(f"output {str(output)!r} is the prompts file; choose another output")
-    recipe = {name: node.weight for name, node in cfg.objectives.items()}
+    recipe = {o.name: o.weight for o in objectives}
     done = prepare_output(output, cfg.resume, run_settings(cfg, job), items, recipe)
     composer = build_composer(cfg)
     finished = {record["id"] for record in done}
@@ -181,6 +193,9 @@ def read_prompt_file(path: Path) -> list[PromptItem]:
     return items
 
 
+RECORD_KEYS = ("id", "prompt", "weights")
+
+
 def _jsonl_item(path: Path, n: int, line: str) -> PromptItem:
     where = f"{path.name} line {n}"
     try:
@@ -195,6 +210,10 @@ def _jsonl_item(path: Path, n: int, line: str) -> PromptItem:
         raise UserInputError(f"{where}: id {data['id']!r} must be a string or a whole number")
     if not isinstance(data.get("prompt"), str) or not data["prompt"]:
         raise UserInputError(f"{where}: 'prompt' must be a non-empty string")
+    for key in data.keys() - RECORD_KEYS:  # other fields (a gold answer, a category) are the user's own
+        near = difflib.get_close_matches(key.lower(), RECORD_KEYS, n=1, cutoff=0.85)
+        if near:
+            raise UserInputError(f"{where}: unknown key {key!r}; did you mean {near[0]!r}?")
     weights = data.get("weights")
     if weights is not None and not isinstance(weights, dict):
         raise UserInputError(f"{where}: 'weights' must be an object of objective name -> number")

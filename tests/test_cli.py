@@ -160,10 +160,24 @@ def test_the_failed_jobs_callback_counts_this_sweeps_failures_and_unreadable_rec
     assert sorted(path.parent.name for path in command_line.FAILED_JOBS) == ["failed", "list", "partial", "rerun"]
 
 
+def test_a_yaml_syntax_error_in_a_plugin_file_is_one_line(tmp_path: Path):
+    (tmp_path / "mine" / "recipe").mkdir(parents=True)
+    (tmp_path / "mine" / "recipe" / "broken.yaml").write_text("# @package _global_\nobjectives:\n\tx: 1\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'mine'}]"
+    result = cli("recipe=broken", searchpath, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2 and "\n" not in result.stderr.strip()
+    assert result.stderr.startswith("error: while scanning") and "broken.yaml\", line 3" in result.stderr
+    checked = cli("validate", searchpath, cwd=tmp_path)
+    assert checked.returncode == 1 and "FAIL  broken: while scanning" in checked.stdout
+    assert "ok    tiny" in checked.stdout  # the other recipes are still checked
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("objectives.math.wieght=2", "error: Could not override 'objectives.math.wieght'."),
+        ("+objectives.math.wieght=2", "error: objectives.math has unknown key(s) ['wieght']; known keys are"),
+        ("objectives.math.anti=???", "error: Missing mandatory value: objectives.math.anti"),
         ("prompts_file=missing.txt", "error: prompts_file 'missing.txt' not found"),
         ("prompts_file=.", "error: prompts_file '.' is a folder"),
         ("output=/proc/no/out.jsonl", "error: output '/proc/no/out.jsonl' cannot be written"),

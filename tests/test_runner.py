@@ -38,6 +38,8 @@ def test_a_jsonl_file_carries_ids_and_per_prompt_weights(tmp_path: Path):
         tmp_path / "p.jsonl", '{"id": "a", "prompt": "x", "weights": {"math": 0.5}}', '{"id": 7, "prompt": "y"}'
     )
     assert read_prompt_file(path) == [PromptItem("a", "x", {"math": 0.5}), PromptItem(7, "y")]
+    own = write_lines(tmp_path / "own.jsonl", '{"id": 1, "prompt": "x", "answer": "4", "prompt_id": "q9"}')
+    assert read_prompt_file(own) == [PromptItem(1, "x")]  # a dataset's own fields are the user's
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,8 @@ def test_a_jsonl_file_carries_ids_and_per_prompt_weights(tmp_path: Path):
         (['{"id": null, "prompt": "x"}'], "p.jsonl line 1: id None must be a string or a whole number"),
         (['{"id": 1, "prompt": "x"', ], "p.jsonl line 1: not valid JSON"),
         (['{"id": 1, "prompt": "x", "weights": [1]}'], "p.jsonl line 1: 'weights' must be an object"),
+        (['{"id": 1, "prompt": "x", "weight": {"code": 0}}'],
+         "p.jsonl line 1: unknown key 'weight'; did you mean 'weights'?"),
     ],
 )  # fmt: skip
 def test_bad_prompt_files_are_refused_in_one_line(tmp_path: Path, lines: list[str], message: str):
