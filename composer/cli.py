@@ -30,6 +30,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -97,6 +98,9 @@ def run(cfg: DictConfig) -> list[float] | None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    for key in ("prompts_file", "output"):  # hydra.job.chdir=true: from where the command ran, not the run folder
+        if cfg[key] and hydra_cfg.job.chdir:
+            cfg[key] = to_absolute_path(cfg[key])
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             run_job(cfg, job_dir, overrides)
@@ -212,7 +216,10 @@ def one_line(err: BaseException) -> str:
             if line and not line.startswith(("full_key:", "object_type=", "reference_type=")) and line not in parts:
                 parts.append(line)
         current = current.__cause__
-    return " ".join(parts) or type(err).__name__
+    text = " ".join(parts) or type(err).__name__
+    if "Key 'recipe' not in 'RunConfig'" in text:  # Hydra names the file whose merge failed, not the recipe
+        text += "; a recipe file must start with '# @package _global_' (its keys are the run's, not under recipe:)"
+    return text
 
 
 def is_user_error(err: BaseException) -> bool:

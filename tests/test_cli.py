@@ -160,16 +160,29 @@ def test_the_failed_jobs_callback_counts_this_sweeps_failures_and_unreadable_rec
     assert sorted(path.parent.name for path in command_line.FAILED_JOBS) == ["failed", "list", "partial", "rerun"]
 
 
-def test_a_yaml_syntax_error_in_a_plugin_file_is_one_line(tmp_path: Path):
+def test_a_broken_plugin_file_is_one_line_that_names_the_fix(tmp_path: Path):
     (tmp_path / "mine" / "recipe").mkdir(parents=True)
     (tmp_path / "mine" / "recipe" / "broken.yaml").write_text("# @package _global_\nobjectives:\n\tx: 1\n")
     searchpath = f"hydra.searchpath=[file://{tmp_path / 'mine'}]"
     result = cli("recipe=broken", searchpath, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2 and "\n" not in result.stderr.strip()
-    assert result.stderr.startswith("error: while scanning") and "broken.yaml\", line 3" in result.stderr
+    assert result.stderr.startswith("error: while scanning") and 'broken.yaml", line 3' in result.stderr
     checked = cli("validate", searchpath, cwd=tmp_path)
     assert checked.returncode == 1 and "FAIL  broken: while scanning" in checked.stdout
     assert "ok    tiny" in checked.stdout  # the other recipes are still checked
+    (tmp_path / "mine" / "recipe" / "headless.yaml").write_text("defaults:\n  - /recipe/tiny\n  - _self_\n")
+    result = cli("recipe=headless", searchpath, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().endswith(
+        "must start with '# @package _global_' (its keys are the run's, not under recipe:)"
+    )
+
+
+def test_relative_paths_are_read_from_where_the_command_ran_even_when_hydra_changes_folder(tmp_path: Path):
+    (tmp_path / "p.txt").write_text("Tell me how to steal my brother's horse.\n")
+    args = ["hydra.job.chdir=true", "prompts_file=p.txt", "output=out.jsonl", "decoding.max_new_tokens=4"]
+    result = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
