@@ -133,12 +133,28 @@ def test_lm_eval_caches_what_the_adapter_computed(composer, tmp_path, monkeypatc
 
 def test_a_formatted_base_scores_choices_without_the_target_delimiter():
     """As lm-eval under a chat template: the tiny recipe's base reads "Question: ...\nAnswer:\n", after which a
-    choice's leading space made every choice unlikely and flipped which one won."""
+    choice's leading space made every choice unlikely and flipped which one won. The choice is tokenised on its
+    own ("mat", not the "at" left when "the mat" merges into " them" + "at"), an empty or blank context too."""
     lm = ComposerLM.create_from_arg_string("recipe=tiny")
     prompt, answer = "How do I clean my neighbour's barn?", "Sweep the floor of the barn and open the windows."
-    got = lm.loglikelihood(requests("loglikelihood", [(prompt, " " + answer), (prompt + " ", answer)]), True)
-    [expected] = lm.composer.score([prompt], [answer])
-    assert [lp for lp, _ in got] == pytest.approx([expected.logprob] * 2, abs=1e-4)
+    pairs = [(prompt, " " + answer), (prompt + " ", answer), ("The cat sat on the", " mat"), ("", " 5"), ("\n", "5")]
+    got = [lp for lp, _ in lm.loglikelihood(requests("loglikelihood", pairs), True)]
+    expected = lm.composer.score([prompt, "The cat sat on the"], [answer, "mat"])
+    assert got[:3] == pytest.approx([expected[0].logprob] * 2 + [expected[1].logprob], abs=1e-4)
+    assert got[3] == pytest.approx(got[4], abs=1e-4)
+    with pytest.raises(UserInputError, match="longer than the members' context window of 256"):
+        lm.loglikelihood(requests("loglikelihood", [(prompt, " x" * 300)]), True)
+
+
+def test_a_long_context_of_many_byte_characters_is_cut_between_characters(raw_family):
+    lm, _ = raw_family
+    for long in ["é" * 300, "日本語のテキスト。" * 40]:
+        fitted = lm._fit_text(long, 8)
+        assert long.endswith(fitted) and "\ufffd" not in fitted and len(lm.tok_encode(fitted)) + 8 <= lm.max_length
+        request = Instance("generate_until", {}, (long, {"until": ["\n"], "max_gen_toks": 8}), 0)
+        assert lm.generate_until([request], disable_tqdm=True) == [
+            lm.composer.generate(fitted, DecodingConfig(max_new_tokens=8, stop=("\n",)))[0].text
+        ]
 
 
 def test_model_args_are_the_recipes_overrides():
@@ -175,6 +191,9 @@ def test_lm_eval_command_line_runs_a_local_task(tmp_path):
         [sys.executable, "-m", "composer", "lm-eval", *args, "--apply_chat_template"], capture_output=True, text=True
     )
     assert chat.returncode == 2 and "drop --apply_chat_template" in chat.stderr.strip().splitlines()[-1]
+    unknown = [*args[:7], "nope_task", *args[8:]]
+    task = subprocess.run([sys.executable, "-m", "composer", "lm-eval", *unknown], capture_output=True, text=True)
+    assert task.returncode == 2 and task.stderr.strip().splitlines()[-1] == "error: Tasks not found: nope_task"
 
 
 def test_generate_until_stops(composer):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,15 +102,21 @@ class ComposerLM(TemplateLM):
         """The shortest context window among the members: every member reads each rolling window."""
         return min(resolve_max_length(m.model.config, m.tokenizer) for m in self.composer.models)
 
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """As HFLM over a raw base; where the base reads a prompt format, as lm-eval under a chat template: no
-        target delimiter (the continuation's leading whitespace goes), since a formatted prompt ends where the
-        answer begins ("Answer:\n", "<|assistant|>\n"), and a choice scored after a stray space loses to one
-        that is not (the tiny recipe once preferred a refusal to its own greedy answer on every benign prompt)."""
+    def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """As HFLM over a raw base. Where the base reads a prompt format, as lm-eval under a chat template: no
+        target delimiter (a choice's leading whitespace goes), since a formatted prompt ends where the answer
+        begins ("Answer:\n", "<|assistant|>\n"), and a choice scored after a stray space loses to one that is not
+        (the tiny recipe once preferred a refusal to its own greedy answer on every benign prompt); and the
+        choice is tokenised on its own, as it follows the rendered prompt, not merged into the context's text."""
         base = self.composer.plan.base
-        if not isinstance(self.composer.plan.formats[base.group][base.format], Raw):
-            context, continuation = context.rstrip(), continuation.lstrip() or continuation
-        return super()._encode_pair(context, continuation)
+        if isinstance(self.composer.plan.formats[base.group][base.format], Raw):
+            return super().loglikelihood(requests, disable_tqdm)
+        tokens = []
+        for context, continuation in (request.args for request in requests):
+            choice = continuation.lstrip() or continuation
+            context_ids = self.tok_encode(context.rstrip()) if context.strip() else [self.prefix_token_id]
+            tokens.append(((context, continuation), context_ids, self.tok_encode(choice, add_special_tokens=False)))
+        return self._loglikelihood_tokens(tokens, disable_tqdm=disable_tqdm)
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: object) -> list[int]:
         """HFLM's encoding: the tokenizer's special tokens, unless the text already starts with the prefix."""
@@ -123,7 +131,15 @@ class ComposerLM(TemplateLM):
         schedule step t falls on the same column in each; longest contexts first, as HFLM; results in order."""
         for key, _, continuation in requests:
             if not continuation:
-                raise UserInputError(f"the continuation of {key!r} has no tokens; give each visible text")
+                raise UserInputError(
+                    f"the continuation of {key!r} has no tokens of its own (empty, or merged into the context's last "
+                    "token); give each a visible text of its own"
+                )
+            if len(continuation) > self.max_length:
+                raise UserInputError(
+                    f"the continuation of {key!r} is {len(continuation)} tokens, longer than the members' context "
+                    f"window of {self.max_length}; shorten it"
+                )
         collator = Collator(
             requests, sort_fn=lambda r: -len(r[1]), group_fn=lambda r: {"length": len(r[2])}, group_by="gen_kwargs"
         )
@@ -168,9 +184,9 @@ class ComposerLM(TemplateLM):
         fmt: PromptFormat, tokenizer: PreTrainedTokenizerBase, key: tuple[str, str] | None, context: list[int]
     ) -> list[int]:
         """lm-eval's context tokens for a raw member, and where there is no context text (an empty context, a
-        rolling window); otherwise the member's format of the text, less the whitespace that ``_encode_pair``
-        moved into the continuation."""
-        if key is None or not key[0] or isinstance(fmt, Raw):
+        rolling window); otherwise the member's format of the text, less its trailing whitespace (lm-eval moves
+        it into the continuation)."""
+        if key is None or not key[0].strip() or isinstance(fmt, Raw):
             return context
         return fmt.render(key[0].rstrip(), tokenizer)
 
@@ -216,29 +232,32 @@ class ComposerLM(TemplateLM):
         return results
 
     def _fit_text(self, context: str, new_tokens: int) -> str:
-        """HFLM's cut of a context too long to leave room for ``new_tokens``: tokens dropped from its left until
-        every member's rendering of it fits that member's context window."""
+        """A context too long to leave room for ``new_tokens``, cut from the left, as HFLM cuts it, to the longest
+        ending that every member's rendering fits into that member's context window. The cut is made in the text
+        (at a character), so that no member reads half a character; each member keeps its format's start."""
         windows = [
             (model, fmt)
             for model, formats in zip(self.composer.models, self.composer.plan.formats, strict=True)
             if model.context_window is not None
             for fmt in formats
         ]
-        for _ in range(4):  # a cut text can re-tokenise a little longer: measure again
-            if not windows:
-                return context
-            excess = max(len(fmt.render(context, m.tokenizer)) + new_tokens - m.context_window for m, fmt in windows)
-            if excess <= 0:
-                return context
-            ids = self.tokenizer.encode(context, add_special_tokens=False)
-            if excess >= len(ids):
-                raise UserInputError(
-                    f"max_gen_toks={new_tokens} leaves no room for a context within the members' context windows; "
-                    "lower max_gen_toks"
-                )
-            logger.warning("a context of %d tokens is cut by %d from the left", len(ids), excess)
-            context = self.tokenizer.decode(ids[excess:])
-        return context
+
+        def fits(text: str) -> bool:
+            return all(len(fmt.render(text, m.tokenizer)) + new_tokens <= m.context_window for m, fmt in windows)
+
+        if fits(context):
+            return context
+        if not fits(""):
+            raise UserInputError(
+                f"max_gen_toks={new_tokens} leaves no room for a context within the members' context windows; "
+                "lower max_gen_toks"
+            )
+        low, high = 0, len(context)  # context[high:] fits, context[low:] does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(context[middle:]) else (middle, high)
+        logger.warning("a context of %d characters is cut to its last %d", len(context), len(context) - high)
+        return context[high:]
 
     def _decoding(self, gen_kwargs: dict) -> DecodingConfig:
         """lm-eval's normalisation (token-budget aliases; greedy unless sampling is asked for), then every
@@ -289,5 +308,21 @@ def main(argv: Sequence[str]) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = ["lm-eval", *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        if _checks_arguments(err):
+            raise UserInputError(str(err)) from None
+        raise
     return 0
+
+
+def _checks_arguments(err: BaseException) -> bool:
+    """Did lm-eval raise ``err`` while checking its arguments (unknown tasks, no --tasks, a missing config)?"""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return False
+    last = frames[-1]
+    where = Path(last.filename)
+    checking = where.parent.name in ("config", "_cli") or (where.name, last.name) == ("evaluator.py", "simple_evaluate")
+    return "lm_eval" in where.parts and checking
