@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from composer.decoding import DecodingConfig, as_decoding, choose, drop_finished
 from composer.guards import check_overrides
@@ -208,9 +210,11 @@ class Composer:
         for _, chosen, _ in self._decode(session, config, torch.zeros(1, dtype=torch.long), draft):
             tokens.append(int(chosen[0]))
             reason = self._finish_reason(tokens[-1], tokens, config)
-            text = self._text(tokens, reason, config)
-            last = reason != "length" or len(tokens) == config.max_new_tokens
-            ready = text if last else _settled(text, config.stop)
+            if reason != "length" or len(tokens) == config.max_new_tokens:
+                ready = self._text(tokens, reason, config)
+            else:  # byte-fallback tokens decode run by run: an open run may still turn into replacement characters
+                closed = tokens[: len(tokens) - _open_byte_run(self.tokenizer, tokens)]
+                ready = _settled(self._text(closed, reason, config), config.stop)
             if len(ready) > len(shown):
                 yield ready[len(shown) :]
                 shown = ready
@@ -265,7 +269,7 @@ class Composer:
     def _finish_reason(self, token: int, tokens: list[int], config: DecodingConfig) -> str:
         if token in self.eos_ids:
             return "eos"
-        if config.stop and any(s in self.tokenizer.decode(tokens[-_stop_window(config.stop) :]) for s in config.stop):
+        if config.stop and _has_stop(self.tokenizer, tokens, config.stop):
             return "stop"
         return "length"
 
@@ -338,9 +342,28 @@ def _settled(text: str, stops: tuple[str, ...]) -> str:
     return text[: len(text) - held]
 
 
-def _stop_window(stops: tuple[str, ...]) -> int:
-    """Tokens whose decoded text holds any stop string that the last token completed: each token decodes to at
-    least one byte, so the longest stop's bytes in tokens, and two more, reach back past a match's first token
-    (whose leading space a SentencePiece decode of a window would drop). Decoding the tail, not the whole text,
-    keeps a long generation's stop checks linear in its length."""
-    return max(len(s.encode()) for s in stops) + 2
+def _open_byte_run(tokenizer: PreTrainedTokenizerBase, tokens: list[int]) -> int:
+    """How many of the last tokens are SentencePiece byte-fallback pieces (<0x..>, Llama-2's): a run of them decodes
+    as a whole, its characters only if every byte of the run is valid UTF-8, so it settles when another piece
+    follows."""
+    run = 0
+    while run < len(tokens) and _BYTE_PIECE.fullmatch(tokenizer.convert_ids_to_tokens(tokens[-1 - run]) or ""):
+        run += 1
+    return run
+
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _has_stop(tokenizer: PreTrainedTokenizerBase, tokens: list[int], stops: tuple[str, ...]) -> bool:
+    """Does the decoded text hold a stop string? The last tokens' text answers no, in time linear in the
+    generation: a stop that the newest token completed lies within the longest stop's bytes + 2 tokens, where
+    each token adds a byte of its own (two more: a SentencePiece decode drops the window's leading space). Where
+    that may not hold, the whole text decides: a replacement character in the tail (byte-fallback tokens decode
+    run by run, so a run cut by the window reads differently), a decode that cleans up spaces (a space token
+    then adds nothing), and a find, which the whole text confirms."""
+    tail = tokenizer.decode(tokens[-(max(len(s.encode()) for s in stops) + 2) :])
+    if "\ufffd" not in tail and not tokenizer.clean_up_tokenization_spaces and not any(s in tail for s in stops):
+        return False
+    text = tokenizer.decode(tokens)
+    return any(s in text for s in stops)

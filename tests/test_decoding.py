@@ -1,6 +1,7 @@
 """Decoding features: sampling, seeds, several samples, stop strings, EOS, penalties, streaming."""
 
 import copy
+import functools
 import warnings
 from types import SimpleNamespace
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from tokenizers import Tokenizer, decoders, models
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from composer import Composer, DecodingConfig, Draft, Member, ModelSpec, Objective
 
@@ -170,15 +172,30 @@ def byte_level():
     return AutoTokenizer.from_pretrained(MODELS_DIR / "tiny-base")
 
 
-@settings(max_examples=150, deadline=None)
+@functools.cache
+def byte_fallback() -> PreTrainedTokenizerFast:
+    from tests.tiny_models import build_byte_fallback_tokenizer
+
+    return build_byte_fallback_tokenizer()
+
+
+@functools.cache
+def cleaning_up() -> PreTrainedTokenizerFast:
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", "a", "b", ".", " ", ","])}, "<unk>"))
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", clean_up_tokenization_spaces=True)
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_stop_checks_of_the_tail_fire_where_the_whole_text_would(byte_level, data):
-    """A stop string is looked for in the last tokens' text only: it must fire at the same token as a search of
-    the whole decoded text, on a byte-level BPE (multi-byte characters split over tokens) and a word-level
-    tokenizer, special tokens kept."""
+    """A stop string is looked for in the last tokens' text first: it must fire at the same token as a search of
+    the whole decoded text, on a byte-level BPE (multi-byte characters split over tokens), a word-level
+    tokenizer, special tokens kept, Llama-2's byte fallback (a run of byte pieces decodes as a whole) and a
+    decode that cleans up spaces before punctuation (a space token then adds nothing)."""
     from tests.tiny_models import build_tokenizer
 
-    tokenizer = data.draw(st.sampled_from([byte_level, build_tokenizer()]))
+    tokenizer = data.draw(st.sampled_from([byte_level, build_tokenizer(), byte_fallback(), cleaning_up()]))
     tokens = data.draw(st.lists(st.integers(0, len(tokenizer) - 1), min_size=1, max_size=40))
     text = tokenizer.decode(tokens)
     start = data.draw(st.integers(0, len(text) - 1)) if text else 0
@@ -230,3 +247,35 @@ def test_the_repetition_penalty_reads_a_batched_row_as_it_reads_it_alone(tiny, m
     batched, alone, pad = seen[0][1], seen[1][0], both.tokenizer.pad_token_id
     assert float(batched[pad]) == pytest.approx(float(alone[pad]), rel=1e-4)
     assert torch.allclose(batched, alone, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ["\u2581a", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>", "<0x0A>", "\u2581b"],  # 'a😀' then a newline stop
+        ["\u2581a", "<0xE4>", "<0xBD>", "<0xA0>", "<0x0A>", "<0xE4>"],  # a run left open turns 你\n into bytes
+        ["\u2581a", "<0x80>", "<0x41>", "<0x0A>", "\u2581b"],  # a stray byte: the run never reads as a newline
+    ],
+)
+def test_byte_fallback_pieces_stop_and_stream_as_the_whole_text_reads(tmp_path, monkeypatch, pieces):
+    """Llama-2's byte pieces decode run by run: the newline stop is found where the whole text has it, and the
+    stream never shows characters that a later byte turns into replacement characters."""
+    import composer.engine
+    from tests.tiny_models import build_byte_fallback_tokenizer, build_model
+
+    tokenizer = build_byte_fallback_tokenizer()
+    tokenizer.pad_token = "<unk>"
+    runner = Composer(str(build_model(tmp_path / "sp", seed=0, tokenizer=tokenizer)))
+    forced = tokenizer.convert_tokens_to_ids(pieces)
+
+    def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.full((scores.shape[0],), forced[step.pop(0)], dtype=torch.long)
+
+    monkeypatch.setattr(composer.engine, "choose", choose)
+    config = DecodingConfig(max_new_tokens=len(pieces), stop=("\n",))
+    step = list(range(len(pieces)))
+    out = runner.generate("a", config)[0]
+    whole = [tokenizer.decode(forced[:k]) for k in range(1, len(forced) + 1)]
+    assert out.finish_reason == ("stop" if any("\n" in t for t in whole) else "length")
+    step = list(range(len(pieces)))
+    assert "".join(runner.stream("a", config)) == out.text

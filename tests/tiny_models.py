@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 WORDS = (  # noqa: SIM905 - a sentence of words reads better than a column of strings
@@ -29,6 +29,19 @@ def build_tokenizer(words: list[str] = WORDS) -> PreTrainedTokenizerFast:
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def build_byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
+    """Llama-2's kind of tokenizer: SentencePiece pieces with a leading-space marker, a byte piece (<0x0A>) for
+    anything else, decoded run by run (ByteFallback) with the first leading space stripped."""
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    pieces += ["\u2581", "a", "b", "\u2581a", "\u2581b", "ab", "\u2581ab", ".", "\u2581.", "\u00e9", "\u2581foo", "o"]
+    core = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces)}, [], unk_token="<unk>", byte_fallback=True))
+    core.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    core.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 def build_model(
