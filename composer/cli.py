@@ -31,7 +31,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from composer import report
@@ -74,11 +74,19 @@ def main() -> None:
             sys.exit(0)
         sys.exit(_edge(lambda: validate(args[1:])))
     if args[:1] == ["lm-eval"]:
-        from composer.evaluation import lm_eval_model  # lm-eval is an extra: imported only when asked for
-
-        sys.exit(_edge(lambda: lm_eval_model.main(args[1:])))
+        sys.exit(_edge(lambda: _lm_eval(args[1:])))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach _edge instead of its multi-line printer
     sys.exit(_edge(_run_command))
+
+
+def _lm_eval(args: list[str]) -> int:
+    try:  # lm-eval is an extra: imported only when asked for
+        from composer.evaluation import lm_eval_model
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("lm_eval"):
+            raise
+        raise UserInputError("proxy-compose lm-eval needs the eval extra: pip install 'proxy-composer[eval]'") from None
+    return lm_eval_model.main(args)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
@@ -98,9 +106,8 @@ def run(cfg: DictConfig) -> list[float] | None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    for key in ("prompts_file", "output"):  # hydra.job.chdir=true: from where the command ran, not the run folder
-        if cfg[key] and hydra_cfg.job.chdir:
-            cfg[key] = to_absolute_path(cfg[key])
+    if hydra_cfg.job.chdir:
+        _from_launch_folder(cfg)
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             run_job(cfg, job_dir, overrides)
@@ -136,6 +143,20 @@ class FailedJobs(Callback):
         for path, written in _metrics_files(Path(config.hydra.sweep.dir)).items():
             if before.get(path) != written and _status(path) != "ok":
                 FAILED_JOBS.append(path)
+
+
+def _from_launch_folder(cfg: DictConfig) -> None:
+    """hydra.job.chdir=true runs the job in its run folder: the relative paths a user typed are read from
+    where the command ran (a model path only where such a folder exists: otherwise it may be a hub id)."""
+    for key in ("prompts_file", "output"):
+        if cfg[key]:
+            cfg[key] = to_absolute_path(cfg[key])
+    sides = [node[side] for node in cfg.objectives.values() for side in ("expert", "anti") if side in node]
+    for model in [cfg.base, *sides]:
+        if not isinstance(model, DictConfig) or OmegaConf.is_missing(model, "path"):
+            continue  # building the config names the problem
+        if not Path(model.path).is_absolute() and Path(to_absolute_path(model.path)).exists():
+            model.path = to_absolute_path(model.path)
 
 
 def _metrics_files(sweep: Path) -> dict[Path, int]:

@@ -211,7 +211,8 @@ def _jsonl_item(path: Path, n: int, line: str) -> PromptItem:
     if not isinstance(data.get("prompt"), str) or not data["prompt"]:
         raise UserInputError(f"{where}: 'prompt' must be a non-empty string")
     for key in data.keys() - RECORD_KEYS:  # other fields (a gold answer, a category) are the user's own
-        near = difflib.get_close_matches(key.lower(), RECORD_KEYS, n=1, cutoff=0.85)
+        missing = [name for name in RECORD_KEYS if name not in data]  # a near name beside the real one is the user's
+        near = difflib.get_close_matches(key.lower(), missing, n=1, cutoff=0.85)
         if near:
             raise UserInputError(f"{where}: unknown key {key!r}; did you mean {near[0]!r}?")
     weights = data.get("weights")

@@ -35,7 +35,7 @@ def row_weights(
         try:
             notes.append(_fill(table[:, b], objectives, row, overridden_guards))
         except UserInputError as err:
-            if len(rows) > 1 and row:  # the row's own weights failed: say which of many rows
+            if len(rows) > 1 and row and not isinstance(override, Mapping):  # one row's own weights: say which
                 raise UserInputError(f"weights of prompt {b} (counting from 0): {err}") from None
             raise
     return table, notes

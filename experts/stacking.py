@@ -43,8 +43,8 @@ def _as_built(model: nn.Module, config: str) -> bool:
     """Is ``model`` what its class builds from its config? The stack is rebuilt from the config alone, so hooks
     (a banned token) and modules put in after construction (LoRA adapters injected by PEFT, quantised layers)
     would silently drop out of a stacked member's forward."""
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-        return False
+    if any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in model.modules()):
+        return False  # hooks, or a forward replaced on the instance (accelerate's add_hook_to_module, a patch)
     return _layout(model) == _built_layout(type(model), config, model.config)
 
 

@@ -168,6 +168,8 @@ def test_protected_objective_refuses_a_negative_weight(tiny):
     rows = [{}, {"safety": 1}, {"safety": -1}]
     with one_line_error(r"^weights of prompt 2 \(counting from 0\): objective 'safety': protected objective would"):
         Composer(tiny["base"], [guarded(tiny, protected=True)]).check(["a", "b", "c"], rows)
+    with one_line_error(r"^objective 'safety': protected"):  # one mapping for every prompt: no prompt to name
+        Composer(tiny["base"], [guarded(tiny, protected=True)]).check(["a", "b", "c"], {"safety": -1})
     with one_line_error("negative weight"):  # a schedule that crosses zero is caught before decoding
         Composer(tiny["base"], [guarded(tiny, protected=True, schedule=Linear(start=1.0, end=-1.0, steps=4))])
 

@@ -177,9 +177,11 @@ def test_a_broken_plugin_file_is_one_line_that_names_the_fix(tmp_path: Path):
     )
 
 
-def test_relative_paths_are_read_from_where_the_command_ran_even_when_hydra_changes_folder(tmp_path: Path):
+def test_relative_paths_and_model_folders_are_read_from_where_the_command_ran_when_hydra_changes_folder(tmp_path: Path):
     (tmp_path / "p.txt").write_text("Tell me how to steal my brother's horse.\n")
+    (tmp_path / "models").symlink_to(REPO / "experts" / "family" / "models")
     args = ["hydra.job.chdir=true", "prompts_file=p.txt", "output=out.jsonl", "decoding.max_new_tokens=4"]
+    args += ["base.path=models/tiny-base"]
     result = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 1
@@ -228,3 +230,13 @@ def test_help_names_the_subcommands_and_validate_has_its_own(tmp_path: Path):
     assert "proxy-compose validate [overrides...]" in top.stdout
     own = cli("validate", "--help", cwd=tmp_path)
     assert own.returncode == 0 and own.stdout.startswith("usage: proxy-compose validate"), own.stderr
+
+
+def test_lm_eval_without_the_eval_extra_says_how_to_install_it(monkeypatch):
+    from composer import UserInputError
+    from composer import cli as command_line
+
+    monkeypatch.delitem(sys.modules, "composer.evaluation.lm_eval_model", raising=False)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
+    with pytest.raises(UserInputError, match=r"needs the eval extra: pip install 'proxy-composer\[eval\]'"):
+        command_line._lm_eval(["--help"])

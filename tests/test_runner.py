@@ -38,7 +38,7 @@ def test_a_jsonl_file_carries_ids_and_per_prompt_weights(tmp_path: Path):
         tmp_path / "p.jsonl", '{"id": "a", "prompt": "x", "weights": {"math": 0.5}}', '{"id": 7, "prompt": "y"}'
     )
     assert read_prompt_file(path) == [PromptItem("a", "x", {"math": 0.5}), PromptItem(7, "y")]
-    own = write_lines(tmp_path / "own.jsonl", '{"id": 1, "prompt": "x", "answer": "4", "prompt_id": "q9"}')
+    own = write_lines(tmp_path / "own.jsonl", '{"id": 1, "prompt": "x", "answer": "4", "prompt_1": "q", "ID": 9}')
     assert read_prompt_file(own) == [PromptItem(1, "x")]  # a dataset's own fields are the user's
 
 
