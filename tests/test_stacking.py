@@ -221,17 +221,21 @@ class ScaledLinear(torch.nn.Module):
         return 2 * self.inner(x)
 
 
-@pytest.mark.parametrize("alter", ["hook", "wrapped layer"])
+@pytest.mark.parametrize("alter", ["hook", "wrapped layer", "patched forward"])
 def test_a_member_altered_after_construction_is_not_stacked(tiny, alter):
-    """The stack is rebuilt from a config: a hook or an injected module would silently drop out of its forward."""
+    """The stack is rebuilt from a config: a hook, an injected module or a forward replaced on the instance (as
+    accelerate's hooks do) would silently drop out of its forward."""
     from experts.loading import register
 
     loaded = load(ModelSpec(tiny["expert_a"]))
     model = LlamaForCausalLM.from_pretrained(tiny["expert_a"]).eval()
     if alter == "hook":
         model.lm_head.register_forward_hook(lambda module, args, out: out.index_fill(-1, torch.tensor([3]), -1e4))
-    else:
+    elif alter == "wrapped layer":
         model.model.layers[0].mlp.down_proj = ScaledLinear(model.model.layers[0].mlp.down_proj)
+    else:
+        head = model.lm_head
+        head.forward = lambda x: torch.nn.functional.linear(x, head.weight).index_fill(-1, torch.tensor([3]), -1e4)
     spec = register(f"altered-{alter}", model, loaded.tokenizer)
     anti = member(tiny["anti"])
     pairs = [Objective("a", Member(spec), anti), Objective("b", member(tiny["expert_b"]), anti)]
