@@ -233,10 +233,13 @@ def test_help_names_the_subcommands_and_validate_has_its_own(tmp_path: Path):
 
 
 def test_lm_eval_without_the_eval_extra_says_how_to_install_it(monkeypatch):
+    import composer.evaluation
     from composer import UserInputError
     from composer import cli as command_line
 
     monkeypatch.delitem(sys.modules, "composer.evaluation.lm_eval_model", raising=False)
-    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
+    monkeypatch.delattr(composer.evaluation, "lm_eval_model", raising=False)
+    for name in [n for n in sys.modules if n.split(".")[0] == "lm_eval"] + ["lm_eval"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if lm-eval were not installed
     with pytest.raises(UserInputError, match=r"needs the eval extra: pip install 'proxy-composer\[eval\]'"):
         command_line._lm_eval(["--help"])
