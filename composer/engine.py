@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -214,7 +215,7 @@ class Composer:
                 ready = self._text(tokens, reason, config)
             else:  # byte-fallback tokens decode run by run: an open run may still turn into replacement characters
                 closed = tokens[: len(tokens) - _open_byte_run(self.tokenizer, tokens)]
-                ready = _settled(self._text(closed, reason, config), config.stop)
+                ready = _settled(self._text(closed, reason, config), config.stop, _cleans_up(self.tokenizer))
             if len(ready) > len(shown):
                 yield ready[len(shown) :]
                 shown = ready
@@ -334,22 +335,43 @@ def _eos_ids(model: LoadedModel) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _settled(text: str, stops: tuple[str, ...]) -> str:
+def _settled(text: str, stops: tuple[str, ...], cleans_up: bool) -> str:
     """What a stream may show of ``text`` while decoding goes on: not a trailing incomplete character, nor the
-    longest ending that a later token could complete into a stop string (which ``generate`` would cut off)."""
+    longest ending that a later token could complete into a stop string (which ``generate`` would cut off), nor,
+    where decoding cleans up spaces, an ending that a later token could complete into a clean-up (" n't")."""
     text = text.rstrip("\ufffd")
-    held = max((n for stop in stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
+    pending = (*stops, *_CLEAN_UPS) if cleans_up else stops
+    held = max((n for stop in pending for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
     return text[: len(text) - held]
 
 
+_CLEAN_UPS = (" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're")  # transformers' clean-up
+
+
 def _open_byte_run(tokenizer: PreTrainedTokenizerBase, tokens: list[int]) -> int:
-    """How many of the last tokens are SentencePiece byte-fallback pieces (<0x..>, Llama-2's): a run of them decodes
-    as a whole, its characters only if every byte of the run is valid UTF-8, so it settles when another piece
+    """How many of the last tokens are SentencePiece byte-fallback pieces (<0x..>, Llama-2's), with any special
+    tokens among them (the text skips those, joining the runs around them): a run of byte pieces decodes as a
+    whole, its characters only if every byte of the run is valid UTF-8, so it settles when another piece
     follows."""
+    special = set(tokenizer.all_special_ids)
     run = 0
-    while run < len(tokens) and _BYTE_PIECE.fullmatch(tokenizer.convert_ids_to_tokens(tokens[-1 - run]) or ""):
+    while run < len(tokens) and (
+        tokens[-1 - run] in special or _BYTE_PIECE.fullmatch(tokenizer.convert_ids_to_tokens(tokens[-1 - run]) or "")
+    ):
         run += 1
     return run
+
+
+@functools.lru_cache(maxsize=16)
+def _cleans_up(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Does decoding drop spaces before punctuation (WordPiece's clean-up)? The flag alone does not say:
+    transformers 5 ignores it for BPE tokenizers, and Llama 3's sets it."""
+    if not tokenizer.clean_up_tokenization_spaces:
+        return False
+    ids = tokenizer.encode("a . b", add_special_tokens=False)
+    if tokenizer.decode(ids, clean_up_tokenization_spaces=False) != "a . b":
+        return True  # the probe does not survive this vocabulary: take the flag at its word
+    return tokenizer.decode(ids) != "a . b"
 
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -363,7 +385,7 @@ def _has_stop(tokenizer: PreTrainedTokenizerBase, tokens: list[int], stops: tupl
     run by run, so a run cut by the window reads differently), a decode that cleans up spaces (a space token
     then adds nothing), and a find, which the whole text confirms."""
     tail = tokenizer.decode(tokens[-(max(len(s.encode()) for s in stops) + 2) :])
-    if "\ufffd" not in tail and not tokenizer.clean_up_tokenization_spaces and not any(s in tail for s in stops):
+    if "\ufffd" not in tail and not _cleans_up(tokenizer) and not any(s in tail for s in stops):
         return False
     text = tokenizer.decode(tokens)
     return any(s in text for s in stops)

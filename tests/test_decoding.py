@@ -279,3 +279,28 @@ def test_byte_fallback_pieces_stop_and_stream_as_the_whole_text_reads(tmp_path, 
     assert out.finish_reason == ("stop" if any("\n" in t for t in whole) else "length")
     step = list(range(len(pieces)))
     assert "".join(runner.stream("a", config)) == out.text
+
+
+@pytest.mark.parametrize("pieces", [["a", " ", ".", "b"], ["a", " ", "n't", "b"], ["b", " ", "'", "s"]])
+def test_a_stream_holds_back_what_a_clean_up_decode_would_remove(tmp_path, monkeypatch, pieces):
+    """A decode that cleans up spaces (WordPiece's kind) removes a space already decoded once "." or "n't" follows:
+    the stream must not have shown it."""
+    import composer.engine
+    from tests.tiny_models import build_model
+
+    words = ["<unk>", "a", "b", ".", " ", "n't", "'", "s"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, "<unk>"))
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<unk>", clean_up_tokenization_spaces=True
+    )
+    runner = Composer(str(build_model(tmp_path / "clean", seed=0, tokenizer=tokenizer)))
+    forced = tokenizer.convert_tokens_to_ids(pieces)
+    step: list[int] = []
+    monkeypatch.setattr(composer.engine, "choose", lambda scores, *_: torch.full((len(scores),), forced[step.pop(0)]))
+    config = DecodingConfig(max_new_tokens=len(pieces))
+    step[:] = range(len(pieces))
+    text = runner.generate("a", config)[0].text
+    assert " " not in text  # the clean-up did remove the space
+    step[:] = range(len(pieces))
+    assert "".join(runner.stream("a", config)) == text
