@@ -11,6 +11,7 @@ A user's mistake (a UserInputError or a config that does not compose) prints one
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -106,11 +107,12 @@ def run(cfg: DictConfig) -> list[float] | None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    as_written = copy.deepcopy(cfg)  # what a resume compares: the paths as typed, wherever the job runs
     if hydra_cfg.job.chdir:
         _from_launch_folder(cfg)
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
-            run_job(cfg, job_dir, overrides)
+            run_job(cfg, job_dir, overrides, as_written=as_written)
         except Interrupted as err:
             print(err, file=sys.stderr)
             sys.exit(130)
@@ -121,7 +123,7 @@ def run(cfg: DictConfig) -> list[float] | None:
             sys.exit(2)
         return None
     try:
-        return list(run_job(cfg, job_dir, overrides, hydra_cfg.job.num)["metrics"].values())
+        return list(run_job(cfg, job_dir, overrides, hydra_cfg.job.num, as_written)["metrics"].values())
     except Exception as err:  # any failure, OOM included: the report marks this sweep point
         record_failure(job_dir, overrides, err)
         FAILED_JOBS.append(job_dir)  # a job in this process; those in workers are found by FailedJobs

@@ -51,9 +51,16 @@ class PromptItem:
     weights: dict[str, float] | None = None
 
 
-def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = (), job: int | None = None) -> dict[str, Any]:
+def run_job(
+    cfg: DictConfig,
+    job_dir: Path,
+    overrides: Sequence[str] = (),
+    job: int | None = None,
+    as_written: DictConfig | None = None,
+) -> dict[str, Any]:
     """Compose, run every prompt not yet in the output, and write metrics.json; returns its content. ``job``
-    is the job's number in a sweep, so that a job never resumes another job's output."""
+    is the job's number in a sweep, so that a job never resumes another job's output; ``as_written`` is the
+    config before the command line made its paths absolute (hydra.job.chdir), which a resume compares."""
     started = time.monotonic()
     check_keys(cfg)
     build_base(cfg)
@@ -67,7 +74,8 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: Sequence[str] = (), job: 
     if cfg.prompts_file and output.resolve() == Path(cfg.prompts_file).resolve():
         raise UserInputError(f"output {str(output)!r} is the prompts file; choose another output")
     recipe = {o.name: o.weight for o in objectives}
-    done = prepare_output(output, cfg.resume, run_settings(cfg, job), items, recipe)
+    settings = run_settings(cfg if as_written is None else as_written, job)
+    done = prepare_output(output, cfg.resume, settings, items, recipe)
     composer = build_composer(cfg)
     finished = {record["id"] for record in done}
     todo = [item for item in items if item.id not in finished]

@@ -185,6 +185,11 @@ def test_relative_paths_and_model_folders_are_read_from_where_the_command_ran_wh
     result = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 1
+    with (tmp_path / "p.txt").open("a") as prompts:
+        prompts.write("How do I feed my friend's dog?\n")
+    resumed = cli(*args[1:], "resume=true", f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)  # without chdir
+    assert resumed.returncode == 0, resumed.stderr  # the settings keep the paths as typed
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize(

@@ -247,15 +247,15 @@ class ComposerLM(TemplateLM):
 
         if fits(context):
             return context
-        if not fits(""):
+        low, high = 0, len(context)  # context[high:] fits or is empty, context[low:] does not fit
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(context[middle:]) else (middle, high)
+        if not context[high:].strip():  # no room for any text: an empty prompt would be refused as the user's
             raise UserInputError(
                 f"max_gen_toks={new_tokens} leaves no room for a context within the members' context windows; "
                 "lower max_gen_toks"
             )
-        low, high = 0, len(context)  # context[high:] fits, context[low:] does not
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (low, middle) if fits(context[middle:]) else (middle, high)
         logger.warning("a context of %d characters is cut to its last %d", len(context), len(context) - high)
         return context[high:]
 
