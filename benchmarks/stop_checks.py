@@ -33,7 +33,8 @@ def main() -> None:
     started = time.perf_counter()
     tail = [_has_stop(tokenizer, tokens[:k], (args.stop,)) for k in range(1, len(tokens) + 1)]
     tail_s = time.perf_counter() - started
-    assert tail == whole, "the two checks disagree"
+    # a generation stops at the first find, so only the first find has to agree
+    assert (True in tail and tail.index(True)) == (True in whole and whole.index(True)), "the checks disagree"
     print(f"{len(tokens)} stop checks of one row: whole text {whole_s:.2f} s, last tokens first {tail_s:.2f} s")
 
 
