@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -129,6 +130,25 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 def family_model_path(name: str) -> str:
     """``${family:tiny-base}``: the folder of one of the project's tiny family models, in the repo or the wheel."""
     return str(Path(family.MODELS_DIR) / name)
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default for a dotted key ('decoding.top_k', 'objectives.NAME.expert.dtype'), or
+    ``NO_DEFAULT``. A resume tells by it a setting that a newer schema added from one that was changed."""
+    node: Any = RunConfig
+    parts = key.split(".")
+    while parts and is_dataclass(node):
+        found = {f.name: f for f in fields(node)}.get(parts.pop(0))
+        if found is None:
+            break
+        if not parts:
+            return found.default if found.default_factory is NO_DEFAULT else found.default_factory()
+        kind = get_type_hints(node)[found.name]
+        if get_origin(kind) is dict:  # objectives: a name, then an ObjectiveConfig
+            kind = get_args(kind)[1]
+            parts.pop(0)
+        node = kind
+    return NO_DEFAULT
 
 
 def check_keys(cfg: DictConfig) -> None:

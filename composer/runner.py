@@ -29,6 +29,7 @@ from composer.config import (
     build_metrics,
     build_objectives,
     check_keys,
+    schema_default,
 )
 from composer.decoding import DecodingConfig
 from composer.engine import Completion, Composer
@@ -308,7 +309,11 @@ def _check_settings(output: Path, before: dict[str, Any], now: dict[str, Any]) -
     if SWEEP_JOB not in old or SWEEP_JOB not in new:  # a sweep job's output finished by a single run, or back
         old.pop(SWEEP_JOB, None)
         new.pop(SWEEP_JOB, None)
-    changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    changed = sorted(
+        key
+        for key in old.keys() | new.keys()
+        if old.get(key) != new.get(key) and not _added_since(key, old.get(key, new.get(key)), old.keys() ^ new.keys())
+    )
     if changed:
         key = changed[0]
         raise UserInputError(
@@ -317,6 +322,12 @@ def _check_settings(output: Path, before: dict[str, Any], now: dict[str, Any]) -
             + "; resume with the same settings, or choose another output (in a sweep, leave output unset: "
             "each job writes its own folder)"
         )
+
+
+def _added_since(key: str, value: Any, one_sided: set[str]) -> bool:
+    """Is ``key`` a setting on one side only, at the schema's default: one that a newer version added, not one
+    that was changed? (Outputs written before it resume.)"""
+    return key in one_sided and value == schema_default(key)
 
 
 def _check_finished(

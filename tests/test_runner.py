@@ -121,6 +121,14 @@ def test_resume_refuses_an_output_written_with_other_settings(tmp_path: Path):
     with pytest.raises(UserInputError, match="written with sweep job=0, this run has 1"):
         prepare_output(swept, resume=True, settings={**settings, SWEEP_JOB: 1})
     assert len(prepare_output(swept, resume=True, settings=settings)) == 1  # finished by a single run
+    # a setting that a later version added, at its default, is no change (say decoding.do_sample, before it existed)
+    older = tmp_path / "older.jsonl"
+    prepare_output(older, resume=False, settings={"decoding": {"max_new_tokens": 8}})
+    older.write_text('{"id": 1, "prompt": "x", "text": "a"}\n')
+    newer = {"decoding": {"max_new_tokens": 8, "do_sample": False}}
+    assert len(prepare_output(older, resume=True, settings=newer)) == 1
+    with pytest.raises(UserInputError, match="written with decoding.do_sample=None, this run has True"):
+        prepare_output(older, resume=True, settings={"decoding": {"max_new_tokens": 8, "do_sample": True}})
 
 
 def test_resume_refuses_records_of_other_prompts_or_weights(tmp_path: Path):
