@@ -44,6 +44,7 @@ from composer.config import (
     build_metrics,
     build_objectives,
     check_keys,
+    model_nodes,
     register_configs,
 )
 from composer.guards import check_overrides
@@ -153,9 +154,8 @@ def _from_launch_folder(cfg: DictConfig) -> None:
     for key in ("prompts_file", "output"):
         if cfg[key]:
             cfg[key] = to_absolute_path(cfg[key])
-    sides = [node[side] for node in cfg.objectives.values() for side in ("expert", "anti") if side in node]
-    for model in [cfg.base, *sides]:
-        if not isinstance(model, DictConfig) or OmegaConf.is_missing(model, "path"):
+    for _, model in model_nodes(cfg):
+        if OmegaConf.is_missing(model, "path"):
             continue  # building the config names the problem
         if not Path(model.path).is_absolute() and Path(to_absolute_path(model.path)).exists():
             model.path = to_absolute_path(model.path)

@@ -40,6 +40,7 @@ CONF_DIR = Path(__file__).parent / "_conf"  # a link to the repo's conf/ (a copy
 # functions with side effects (experts.family.train.main retrains the family; the sandbox runs code).
 PROJECT_MODULES = ("composer.schedules", "composer.metrics")
 FORMATS = ("raw", "chat", "template")
+SIDES = ("expert", "anti")
 
 
 @dataclass
@@ -156,12 +157,18 @@ def check_keys(cfg: DictConfig) -> None:
     '+objectives.math.wieght=2' would change nothing, silently."""
     _check_node("the config", cfg, RunConfig)
     _check_node("speculative", cfg.speculative, SpeculativeConfig)
-    _check_node("base", cfg.base, ModelConfig)
     for name, node in cfg.objectives.items():
         _check_node(f"objectives.{name}", node, ObjectiveConfig)
-        for side in ("expert", "anti"):
-            if isinstance(node.get(side), DictConfig):
-                _check_node(f"objectives.{name}.{side}", node[side], ModelConfig)
+    for key, node in model_nodes(cfg):
+        _check_node(key, node, ModelConfig)
+
+
+def model_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """The config's models by key: base, then each objective's expert and anti (those that are nodes at all:
+    a missing one is named when the config is built)."""
+    nodes = [("base", cfg.base)]
+    nodes += [(f"objectives.{name}.{side}", node.get(side)) for name, node in cfg.objectives.items() for side in SIDES]
+    return [(key, node) for key, node in nodes if isinstance(node, DictConfig)]
 
 
 def _check_node(key: str, node: Any, schema: type) -> None:

@@ -193,11 +193,10 @@ def _check_available(spec: ModelSpec) -> None:
             raise UserInputError(
                 f"model {spec.path!r}: device {where!r} names an accelerator and this machine has none; use cpu"
             )
-        device = torch.device(where)
-        count = _device_count(device.type)
-        if count is not None and (device.index or 0) >= count:
+        if not device_available(where):
+            kind = torch.device(where).type
             raise UserInputError(
-                f"model {spec.path!r}: device {where!r} is not on this machine ({count} {device.type} "
+                f"model {spec.path!r}: device {where!r} is not on this machine ({_device_count(kind)} {kind} "
                 "device(s)); use another, or cpu"
             )
 

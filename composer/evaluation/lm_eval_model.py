@@ -14,6 +14,7 @@ command line through ``proxy-compose lm-eval ...``. By name, ``model_args`` are 
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import traceback
@@ -32,7 +33,7 @@ from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from composer.config import build_composer, compose
+from composer.config import build_composer, compose, model_nodes
 from composer.decoding import DecodingConfig
 from composer.engine import Composer
 from composer.weights import row_weights
@@ -97,7 +98,7 @@ class ComposerLM(TemplateLM):
         bos = self.tokenizer.bos_token_id
         return self.eot_token_id if bos is None else bos
 
-    @property
+    @functools.cached_property
     def max_length(self) -> int:
         """The shortest context window among the members: every member reads each rolling window."""
         return min(resolve_max_length(m.model.config, m.tokenizer) for m in self.composer.models)
@@ -296,9 +297,8 @@ def _place(cfg: DictConfig, device: str) -> None:
     if not device_available(device):
         logger.info("device %r is not on this machine: the recipe's placement stands", device)
         return
-    nodes = [cfg.base, *(node for objective in cfg.objectives.values() for node in (objective.expert, objective.anti))]
     with open_dict(cfg):
-        for node in nodes:
+        for _, node in model_nodes(cfg):
             if node.device is None and node.device_map is None:
                 node.device = device
 
