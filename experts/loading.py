@@ -115,14 +115,18 @@ def _torch_device(where: object) -> bool:
 
 
 def _canonical(where: int | str) -> int | str:
-    """A device as torch spells it; an index, as transformers reads it, names the accelerator of that index
-    where the machine has one, and stays an index where it has none."""
+    """A device as torch spells it, with its index: an index, as transformers reads it, names the accelerator
+    of that index where the machine has one (and stays an index where it has none), and the accelerator without
+    an index ('cuda') names the current one, so that 'cuda' and 'cuda:0' load one copy, not two."""
     if where == "disk":
         return where
+    accelerator = torch.accelerator.current_accelerator()
     if isinstance(where, int):
-        accelerator = torch.accelerator.current_accelerator()
         return where if accelerator is None else f"{accelerator.type}:{where}"
-    return str(torch.device(where))
+    device = torch.device(where)
+    if device.index is None and accelerator is not None and device.type == accelerator.type:
+        return f"{device.type}:{torch.accelerator.current_device_index()}"
+    return str(device)
 
 
 @dataclass(frozen=True)

@@ -104,3 +104,14 @@ def test_lanes_off_cuda_run_each_call_in_order():
     assert lanes.streams == [None, None, None]
     out = lanes.run({2: lambda: call(2), 0: lambda: call(0)})
     assert order == [2, 0] and sorted(out) == [0, 20]
+
+
+def test_the_accelerator_without_an_index_is_its_current_device(tiny, monkeypatch):
+    """'cuda' and 'cuda:0' were two specs, so a recipe spelling both loaded a 7B expert twice on one GPU."""
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 1)
+    assert ModelSpec(tiny["anti"], device="cuda") == ModelSpec(tiny["anti"], device="cuda:1")
+    assert ModelSpec(tiny["anti"], device=torch.device("cuda")).device == "cuda:1"
+    assert ModelSpec(tiny["anti"], device_map="cuda").device_map == "cuda:1"
+    assert ModelSpec(tiny["anti"], device="cuda:0").device == "cuda:0"
+    assert ModelSpec(tiny["anti"], device="cpu").device == "cpu"
