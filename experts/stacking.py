@@ -14,6 +14,7 @@ sets in one process does not keep every set's stack.
 from __future__ import annotations
 
 import copy
+import inspect
 import weakref
 from collections.abc import Collection, Sequence
 
@@ -95,6 +96,7 @@ def stacked(models: Sequence[LoadedModel]) -> nn.Module:
 
 def _build(members: list[nn.Module]) -> nn.Module:
     first = members[0]
+    _check_splittable(first)  # before any member's parameters become views into a stack
     with torch.device("meta"):
         shell = type(first)(first.config)
     shell.eval()
@@ -104,8 +106,6 @@ def _build(members: list[nn.Module]) -> nn.Module:
         params = dict(module.named_parameters(recurse=False))
         if not params:
             continue
-        if any(True for _ in module.children()):
-            raise ValueError(f"{type(first).__name__}.{name} holds parameters outside a leaf module")
         modules = [m.get_submodule(name) for m in members]
         weights = {p: _stack([m.get_parameter(p) for m in modules], params[p], shared) for p in params}
         views += [(m.get_parameter(p), weights[p]) for m in modules for p in params]
@@ -136,6 +136,19 @@ def _stack(params: list[nn.Parameter], key: nn.Parameter, shared: dict[int, torc
             param.data = together[index]
         shared[id(key)] = together
     return shared[id(key)]
+
+
+def _check_splittable(model: nn.Module) -> None:
+    """Raises ValueError unless every module with parameters is a leaf that the stack can split by rows: one
+    of the kinds it batches, or one whose forward takes the hidden states alone (OPT's learned positions also
+    take the mask and the cache's length, which ``StackedLeaf`` would not split)."""
+    for name, module in model.named_modules():
+        if not any(True for _ in module.named_parameters(recurse=False)):
+            continue
+        if any(True for _ in module.children()):
+            raise ValueError(f"{type(model).__name__}.{name} holds parameters outside a leaf module")
+        if type(module) not in (nn.Linear, nn.Embedding) and len(inspect.signature(module.forward).parameters) != 1:
+            raise ValueError(f"{type(model).__name__}.{name} takes more than the hidden states")
 
 
 def _stacked_leaf(module: nn.Module, weights: dict[str, torch.Tensor], members: list[nn.Module]) -> nn.Module:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 import composer.units
 from composer import Chat, Composer, DecodingConfig, Draft, Member, ModelSpec, Objective, Template
@@ -130,6 +130,28 @@ def test_an_architecture_that_cannot_be_stacked_runs_member_by_member(tiny, monk
     reference = Composer(tiny["base"], objectives(tiny, "float32"), stack_models=False)
     config = DecodingConfig(max_new_tokens=6)
     assert fallback.generate(prompts, config)[0].token_ids == reference.generate(prompts, config)[0].token_ids
+
+
+def test_a_leaf_taking_more_than_the_hidden_states_keeps_its_members_alone(tmp_path: Path):
+    """OPT's learned positions take the mask and the cache's length: stacked, its first forward raised."""
+    tokenizer = build_tokenizer()
+    specs = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        config = OPTConfig(
+            vocab_size=len(tokenizer), hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+            word_embed_proj_dim=16, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        OPTForCausalLM(config).save_pretrained(tmp_path / f"opt{seed}")
+        tokenizer.save_pretrained(tmp_path / f"opt{seed}")
+        specs.append(ModelSpec(str(tmp_path / f"opt{seed}"), dtype="float64"))
+    with pytest.raises(ValueError, match="takes more than the hidden states"):
+        stacked([load(spec) for spec in specs[1:]])
+    objective = Objective("o", Member(specs[1]), Member(specs[2]), weight=0.7)
+    prompts, config = ["the cat sat on", "a dog"], DecodingConfig(max_new_tokens=5)
+    together = Composer(specs[0], [objective]).generate(prompts, config)
+    alone = Composer(specs[0], [objective], stack_models=False).generate(prompts, config)
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
 
 
 class OnePlusWeightNorm(torch.nn.Module):
