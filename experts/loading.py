@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
 from experts.errors import UserInputError, first_line
 
@@ -161,6 +168,7 @@ def register(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
             f"register({name!r}, model, tokenizer) takes a transformers causal LM and its tokenizer, not "
             f"{type(model).__name__} and {type(tokenizer).__name__}"
         )
+    _check_attention_cache(IN_MEMORY_PREFIX + name, model)
     dtype = next(model.parameters()).dtype
     names = {value: key for key, value in _DTYPES.items()}
     spec = ModelSpec(IN_MEMORY_PREFIX + name, dtype=names.get(dtype, "auto"))
@@ -172,6 +180,17 @@ def register(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
         tokenizer.pad_token = tokenizer.eos_token
     _IN_MEMORY[spec.path] = LoadedModel(spec=spec, model=model, tokenizer=tokenizer)
     return spec
+
+
+def _check_attention_cache(path: str, model: PreTrainedModel) -> None:
+    """Every stream keeps an attention KV cache, which it masks, crops and reorders by columns; a model whose
+    cache holds a recurrent state (Mamba, linear attention) cannot be, and ran each step without its past."""
+    layers = DynamicCache(config=model.config).layers
+    if any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in layers):
+        raise UserInputError(
+            f"model {path!r} ({type(model).__name__}) keeps a recurrent state, not only an attention KV cache; "
+            "state-space and linear-attention models such as Mamba are not supported"
+        )
 
 
 def load(spec: ModelSpec) -> LoadedModel:
@@ -238,6 +257,7 @@ def _load_cached(spec: ModelSpec) -> LoadedModel:
             f"model {spec.path!r} could not be loaded ({first_line(err)}); check the path or hub id, "
             "and set trust_remote_code only if you trust it"
         ) from err
+    _check_attention_cache(spec.path, model)
     if spec.device is not None:
         model = model.to(spec.device)
     model.eval()

@@ -260,3 +260,20 @@ def test_the_api_refuses_wrong_types_in_one_line(tiny):
         Member(ModelSpec(tiny["anti"]), "chat")
     with one_line_error(r"weights=tensor\(\[\[1.\], \[2.\]\]\): give a mapping"):
         Composer(tiny["base"], objective).generate(["a", "b"], weights=torch.tensor([[1.0], [2.0]]))
+
+
+def test_a_model_without_an_attention_cache_is_refused(tiny, tmp_path: Path):
+    """Mamba keeps a recurrent state, which the streams cannot mask or crop: its logits were silently wrong."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from experts.loading import register
+    from tests.tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = MambaForCausalLM(MambaConfig(vocab_size=len(tokenizer), hidden_size=16, state_size=4, num_hidden_layers=1))
+    model.save_pretrained(tmp_path / "mamba")
+    tokenizer.save_pretrained(tmp_path / "mamba")
+    with one_line_error(r"'.*mamba' \(MambaForCausalLM\) keeps a recurrent state.* Mamba are not supported"):
+        Composer(str(tmp_path / "mamba"), [pair(tiny)])
+    with one_line_error(r"'memory:ssm' \(MambaForCausalLM\) keeps a recurrent state"):
+        register("ssm", model, tokenizer)
