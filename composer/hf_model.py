@@ -71,7 +71,9 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, composer: Composer) -> None:
         base = composer.models[composer.plan.base.group]
-        super().__init__(copy.deepcopy(base.model.config))
+        config = copy.deepcopy(base.model.config)
+        config._experts_implementation_internal = None  # an MoE base's: this shell runs no MoE layer of its own
+        super().__init__(config)
         self.composer = composer
         self.generation_config = copy.deepcopy(base.model.generation_config)
         self._anchor = torch.nn.Parameter(torch.empty(0, device=base.device), requires_grad=False)

@@ -146,3 +146,27 @@ def test_labels_give_the_loss_as_transformers_does_and_saving_is_refused(tiny, t
     with pytest.raises(UserInputError, match="holds no weights of its own"):
         model.save_pretrained(tmp_path / "saved")
     assert not (tmp_path / "saved").exists()
+
+
+def test_a_mixture_of_experts_base_wraps_and_generates_as_the_composer(tiny, tmp_path):
+    """The shell copied the MoE base's config, whose experts implementation its own class refused."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from tests.tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    MixtralForCausalLM(config).save_pretrained(tmp_path / "moe")
+    tokenizer.save_pretrained(tmp_path / "moe")
+    composer = Composer(str(tmp_path / "moe"), raw_objectives(tiny)[:1])
+    prompts = ["the cat sat on", "hello"]
+    inputs = encode(composer, prompts)
+    out = ComposedForCausalLM(composer).generate(
+        **inputs, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None
+    )
+    expected = [c.token_ids for c in composer.generate(prompts, DecodingConfig(max_new_tokens=6))]
+    assert new_tokens(out, inputs) == expected
