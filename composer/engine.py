@@ -110,8 +110,10 @@ class Composer:
         table, guard_notes = row_weights(self.objectives, len(prompts), weights, self.override_guards)
         rows = render_rows(self.plan, self.models, prompts)
         # a model that drafts by itself runs outside its stack, or every drafted token would run the whole stack
-        alone = {draft.slot(self.plan).group} if draft is not None and not draft.steer else set()
-        session = self.session_over(rows, table, max_new_tokens, alone, self.cuda_graphs and draft is None)
+        speculative = draft is not None
+        alone = {draft.slot(self.plan).group} if speculative and not draft.steer else set()
+        graphs = self.cuda_graphs and not speculative
+        session = self.session_over(rows, table, max_new_tokens, alone, graphs, speculative)
         return session, guard_notes
 
     def session_over(
@@ -121,6 +123,7 @@ class Composer:
         max_new_tokens: int = 0,
         alone: Collection[int] = (),
         cuda_graphs: bool = False,
+        speculative: bool = False,
     ) -> Session:
         """A session over rows already rendered (``render_rows``) and weights per row (K, B), with this
         composer's settings; it keeps the session's stacks so that later sessions reuse them."""
@@ -136,6 +139,7 @@ class Composer:
             self.cuda_streams,
             cuda_graphs,
             self.compile,
+            speculative,
         )
         self._hold([(unit.groups, unit.stream.model) for unit in session.units])
         return session

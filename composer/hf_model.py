@@ -33,6 +33,7 @@ class CompositeCache(Cache):
         super().__init__(layers=[])
         self.session: Session | None = None
         self.prompt_width = 0
+        self.rolls_back = False  # will transformers crop it (assisted decoding)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0 if self.session is None else self.prompt_width + self.session.generated
@@ -53,7 +54,12 @@ class CompositeCache(Cache):
         self.session.select(torch.arange(self.session.batch).repeat_interleave(repeats))
 
     def activate_past_recording(self) -> None:
-        """Members keep full (non-sliding) caches, so there is nothing to record."""
+        """transformers will crop: sliding-window members keep their whole past. Before the prefill (assisted
+        decoding), the session is built to take columns back; after it (a stop check that rolls back), each
+        member cache records, as transformers' own."""
+        self.rolls_back = True
+        for unit in [] if self.session is None else self.session.units:
+            unit.stream.cache.activate_past_recording()
 
 
 class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
@@ -157,7 +163,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         texts, rows_ids = self._rows(prompt_ids, prompt_mask)
         rows = render_rows(composer.plan, composer.models, texts, raw_ids=rows_ids)
         weights = self._weights(len(rows_ids), steering)
-        cache.session = composer.session_over(rows, weights)
+        cache.session = composer.session_over(rows, weights, speculative=cache.rolls_back)
         cache.prompt_width = prompt_ids.shape[1]
         logits = cache.session.start().logits
         if drafted:

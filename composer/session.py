@@ -98,6 +98,7 @@ class Session:
         cuda_streams: bool = True,
         cuda_graphs: bool = False,
         compiled: bool = False,
+        speculative: bool = False,
     ) -> None:
         """``rows[g]`` holds group g's token rows, format-major (see ``render_rows``); row_weights is (K, B).
 
@@ -106,6 +107,7 @@ class Session:
         ``cuda_graphs`` allots every cache its ``max_new_tokens`` up front and replays one-token steps as
         CUDA graphs (for plain decoding: speculative rounds append more columns than tokens they keep).
         ``compiled`` runs every stream's steps after the prefill through torch.compile (``experts.compiled``).
+        ``speculative`` sessions take columns back (``crop``, ``retract``), which sliding windows must allow.
         """
         self.plan = plan
         self.models = models
@@ -120,7 +122,7 @@ class Session:
             check_fits(model, [len(r) for r in group_rows], max_new_tokens)
         formats = [len(f) for f in plan.formats]
         graphed = max_new_tokens if cuda_graphs and max_new_tokens > 0 else None
-        self.units = build_units(models, formats, {plan.base.group, *alone}, stack, graphed, compiled)
+        self.units = build_units(models, formats, {plan.base.group, *alone}, stack, graphed, compiled, speculative)
         self.device = models[plan.base.group].device
         self.lanes = Lanes([unit.stream.device for unit in self.units], cuda_streams)
         self._schedule_table = torch.empty(len(plan.objectives), 0, dtype=row_weights.dtype)

@@ -87,13 +87,18 @@ def build_units(
     stack: bool = True,
     graphed: int | None = None,
     compiled: bool = False,
+    speculative: bool = False,
 ) -> list[Unit]:
     """``graphed``: fixed-shape streams with room for that many tokens after the prompt, whose one-token
     steps replay as CUDA graphs (``experts.static_stream``); None: streams whose caches grow, their steps
-    after the prefill ``compiled`` with torch.compile or eager (``Composer`` refuses both)."""
+    after the prefill ``compiled`` with torch.compile or eager (``Composer`` refuses both), able to take
+    columns back where ``speculative``."""
     units = []
     for groups, model in partition(models, alone, stack):
         pad = models[groups[0]].tokenizer.pad_token_id
-        stream = ModelStream(model, pad, compiled) if graphed is None else StaticStream(model, pad, graphed)
+        if graphed is None:
+            stream = ModelStream(model, pad, compiled, rolls_back=speculative)
+        else:
+            stream = StaticStream(model, pad, graphed)
         units.append(Unit(groups, [formats[g] for g in groups], stream))
     return units

@@ -58,11 +58,18 @@ class ModelStream:
     """Cached incremental forward passes of one model (or one stack of models) over a fixed set of rows.
 
     ``compiled`` runs the steps after the prefill through ``torch.compile`` (``experts.compiled``).
+    ``rolls_back`` (speculative decoding) keeps a sliding-window model's whole past, so that ``crop`` and
+    ``retract`` can take columns back (see ``retract``).
     """
 
-    def __init__(self, model: torch.nn.Module, pad_id: int, compiled: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, pad_id: int, compiled: bool = False, rolls_back: bool = False) -> None:
         self.model = model
         self.compiled = CompiledStep(model) if compiled else None
+        # a sliding window counts cache columns: transformers' sliding layers keep the last ones only, and
+        # cannot be cropped once full; full layers can, the mask still applying the window
+        self.windowed = rolls_back and any(
+            getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers
+        )
         self.device = next(model.parameters()).device
         self.pad_id = pad_id
         self.mask = torch.empty(0, 0, dtype=torch.long, device=self.device)
@@ -92,7 +99,7 @@ class ModelStream:
 
     def _fresh_cache(self, mask: torch.Tensor) -> None:
         self.mask = mask
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = DynamicCache() if self.windowed else DynamicCache(config=self.model.config)
 
     def _attention_mask(self) -> torch.Tensor:
         return self.mask
@@ -118,12 +125,25 @@ class ModelStream:
         """Of the last ``appended`` columns, row r keeps its first ``keep[r]``; the rest leave its attention.
 
         Masked columns stay in the cache (rows share one width) but no later token attends to them, and
-        positions count only unmasked tokens, so each row goes on exactly as if cropped alone.
+        positions count only unmasked tokens, so each row goes on exactly as if cropped alone. A sliding
+        window, which counts columns, would count them too: there each row's columns move right past the ones
+        it dropped, which become left padding.
         """
         width = int(keep.max())
         self.crop(self.mask.shape[1] - self.prompt_width - appended + width)
         kept = torch.arange(width, device=self.device) < keep.to(self.device).unsqueeze(1)
         self.mask = torch.cat([self.mask[:, : self.mask.shape[1] - width], kept.to(self.mask.dtype)], dim=1)
+        if self.windowed and int(keep.min()) < width:
+            self._shift_right(width - keep.to(self.device))
+
+    def _shift_right(self, shift: torch.Tensor) -> None:
+        """Row r's columns move ``shift[r]`` to the right; its last ``shift[r]`` (masked) wrap to its left end."""
+        width = self.mask.shape[1]
+        columns = (torch.arange(width, device=self.device) - shift.unsqueeze(1)) % width
+        self.mask = self.mask.gather(1, columns)
+        for layer in self.cache.layers:
+            index = columns[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep, reorder or repeat rows (beam reordering, several samples per prompt, dropping rows)."""

@@ -170,3 +170,21 @@ def test_a_mixture_of_experts_base_wraps_and_generates_as_the_composer(tiny, tmp
     )
     expected = [c.token_ids for c in composer.generate(prompts, DecodingConfig(max_new_tokens=6))]
     assert new_tokens(out, inputs) == expected
+
+
+def test_assisted_decoding_crops_a_sliding_window_base(tmp_path):
+    """transformers asks the cache to record its past before assisted decoding; the members' sliding layers
+    were never told, and the first crop past the window raised."""
+    from tests.tiny_models import build_sliding_window_family
+
+    paths = build_sliding_window_family(tmp_path, window=4)
+    spec = {name: ModelSpec(path, dtype="float64") for name, path in paths.items()}
+    composer = Composer(spec["base"], [Objective("o", Member(spec["expert"]), Member(spec["anti"]), weight=0.3)])
+    prompts = ["the cat sat on the mat and the cat sat on the mat and the cat sat"]
+    inputs = encode(composer, prompts)
+    out = ComposedForCausalLM(composer).generate(
+        **inputs, max_new_tokens=12, do_sample=False, pad_token_id=0, prompt_lookup_num_tokens=3,
+        eos_token_id=composer.tokenizer.eos_token_id,
+    )  # fmt: skip
+    expected = [c.token_ids for c in composer.generate(prompts, DecodingConfig(max_new_tokens=12))]
+    assert new_tokens(out, inputs) == expected

@@ -6,7 +6,7 @@ import torch
 from composer import Chat, Composer, DecodingConfig, Linear, Member, ModelSpec, Objective, Template, UserInputError
 from composer.session import Session
 from composer.speculative import Draft, _Speculator
-from tests.tiny_models import build_model, build_tokenizer
+from tests.tiny_models import build_model, build_sliding_window_family, build_tokenizer
 
 
 def objectives(paths: dict[str, str]) -> list[Objective]:
@@ -129,6 +129,25 @@ def test_rows_retracted_unevenly_continue_as_if_each_was_cropped_alone(tiny):
         expected = alone.extend(then[row : row + 1])
         assert torch.allclose(ragged.weights[:, row], expected.weights[:, 0])
         assert torch.allclose(ragged.logits[row], expected.logits[0], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sliding(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return build_sliding_window_family(tmp_path_factory.mktemp("sliding"), window=4)
+
+
+@pytest.mark.parametrize("steer", [True, False])
+def test_sliding_window_models_speculate_exactly(sliding, steer):
+    """A window counts cache columns: its layers could not be cropped once full (a RuntimeError), and the
+    columns a row rejected, masked in place, took room in its window (other tokens than plain greedy)."""
+    spec = {name: ModelSpec(path, dtype="float64") for name, path in sliding.items()}
+    composer = Composer(spec["base"], [Objective("o", Member(spec["expert"]), Member(spec["anti"]), weight=0.3)])
+    prompts = ["hello", "the cat sat on the mat and ran to park", "write a function add two numbers please help me"]
+    config = DecodingConfig(max_new_tokens=16)
+    draft = Draft(gamma=3) if steer else Draft(model=spec["expert"], steer=False, gamma=3)
+    fast = composer.generate(prompts, config, draft=draft)
+    assert [f.token_ids for f in fast] == [p.token_ids for p in composer.generate(prompts, config)]
+    assert 0 < draft.stats.acceptance_rate < 1  # rows rejected at different drafts
 
 
 def test_a_single_small_expert_can_draft(tiny):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
 WORDS = (  # noqa: SIM905 - a sentence of words reads better than a column of strings
     "the a cat dog sat on mat and ran to park is safe code print def return if else x y z 1 2 3 4 5 "
@@ -74,3 +74,28 @@ def build_model(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_sliding_window_family(folder: Path, window: int = 4) -> dict[str, str]:
+    """Mistral models attending to the last ``window`` tokens (float64): an expert, an anti-expert, and a base
+    that is the anti-expert with a little noise, so that its drafts are accepted often but not always."""
+    tokenizer = build_tokenizer()
+    paths = {}
+    for name, seed in [("expert", 1), ("anti", 2), ("base", 2)]:
+        torch.manual_seed(seed)
+        config = MistralConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, sliding_window=window, max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=None,
+        )  # fmt: skip
+        model = MistralForCausalLM(config).double()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(20.0)
+            if name == "base":
+                generator = torch.Generator().manual_seed(7)
+                for param in model.parameters():
+                    param.add_(0.03 * param.std() * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+        model.save_pretrained(folder / name)
+        tokenizer.save_pretrained(folder / name)
+        paths[name] = str(folder / name)
+    return paths
