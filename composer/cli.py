@@ -126,9 +126,12 @@ def run(cfg: DictConfig) -> list[float] | None:
     try:
         return list(run_job(cfg, job_dir, overrides, hydra_cfg.job.num, as_written)["metrics"].values())
     except Exception as err:  # any failure, OOM included: the report marks this sweep point
-        record_failure(job_dir, overrides, err)
+        kept = _status(job_dir / METRICS_NAME) == "ok"  # a finished run's record outlives a refused rerun
+        if not kept:
+            record_failure(job_dir, overrides, err)
         FAILED_JOBS.append(job_dir)  # a job in this process; those in workers are found by FailedJobs
-        print(f"error: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {one_line(err)}", file=sys.stderr)
+        note = f" ({METRICS_NAME} of the run finished there is kept)" if kept else ""
+        print(f"error: job {hydra_cfg.job.num} ({' '.join(overrides)}) failed: {one_line(err)}{note}", file=sys.stderr)
         return None
 
 
@@ -136,16 +139,22 @@ class FailedJobs(Callback):
     """Finds a sweep's failed jobs by the metrics.json each wrote, in the launching process: launchers that
     run jobs in worker processes (joblib) leave nothing else behind there, and the exit code would be 0.
     Hydra turns a callback's exception into a warning, so nothing here may raise: a metrics.json written
-    during the sweep that cannot be read counts as a failure."""
+    during the sweep that cannot be read counts as a failure, and so does a job that Hydra started (its
+    overrides.yaml written) and that wrote no metrics.json after it (a refused rerun keeps an older one)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.before = _metrics_files(Path(config.hydra.sweep.dir))
+        self.before = _written(Path(config.hydra.sweep.dir), config.hydra.get("output_subdir"))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         before = getattr(self, "before", {})
-        for path, written in _metrics_files(Path(config.hydra.sweep.dir)).items():
-            if before.get(path) != written and _status(path) != "ok":
+        now = _written(Path(config.hydra.sweep.dir), config.hydra.get("output_subdir"))
+        for path, written in now.items():
+            if path.name == METRICS_NAME and before.get(path) != written and _status(path) != "ok":
                 FAILED_JOBS.append(path)
+            elif path.name == "overrides.yaml" and before.get(path) != written:
+                metrics = path.parent.parent / METRICS_NAME
+                if now.get(metrics, -1) < written and metrics not in FAILED_JOBS:
+                    FAILED_JOBS.append(metrics)
 
 
 def _from_launch_folder(cfg: DictConfig) -> None:
@@ -161,12 +170,15 @@ def _from_launch_folder(cfg: DictConfig) -> None:
             model.path = to_absolute_path(model.path)
 
 
-def _metrics_files(sweep: Path) -> dict[Path, int]:
-    """Each metrics.json under a sweep folder, with the time it was last written (ns)."""
+def _written(sweep: Path, hydra_subdir: str | None) -> dict[Path, int]:
+    """Each metrics.json and each job's Hydra overrides.yaml under a sweep folder, with the time it was last
+    written (ns)."""
+    patterns = [METRICS_NAME] + ([f"{hydra_subdir}/overrides.yaml"] if hydra_subdir else [])
     found = {}
     try:
-        for path in sweep.rglob(METRICS_NAME):
-            found[path] = path.stat().st_mtime_ns
+        for pattern in patterns:
+            for path in sweep.rglob(pattern):
+                found[path] = path.stat().st_mtime_ns
     except OSError:  # a folder that vanished or cannot be read: what was found so far
         pass
     return found

@@ -316,11 +316,19 @@ def _check_settings(output: Path, before: dict[str, Any], now: dict[str, Any]) -
     )
     if changed:
         key = changed[0]
+        hint = (
+            "; resume with the same settings, or choose another output (in a sweep, leave output unset: each job "
+            "writes its own folder)"
+        )
+        if SWEEP_JOB in old and old.get(SWEEP_JOB) == new.get(SWEEP_JOB):  # the job's own folder, or its number's
+            hint = (
+                f"; sweep job {new[SWEEP_JOB]} stands for another point than when it was written (Hydra numbers "
+                "a sweep's jobs by its values): resume with the same values, or give the sweep a new hydra.sweep.dir"
+            )
         raise UserInputError(
             f"output {str(output)!r} was written with {key}={old.get(key)!r}, this run has {new.get(key)!r}"
             + (f" (and {len(changed) - 1} more setting(s))" if len(changed) > 1 else "")
-            + "; resume with the same settings, or choose another output (in a sweep, leave output unset: "
-            "each job writes its own folder)"
+            + hint
         )
 
 

@@ -142,6 +142,42 @@ def test_a_sweep_sharing_one_output_fails_the_jobs_of_other_settings(plugin: Pat
     assert "in a sweep, leave output unset" in result.stderr
 
 
+def test_a_sweep_resumed_with_other_values_keeps_the_finished_jobs_records(plugin: Path, tmp_path: Path):
+    """Hydra numbers jobs by the values: job 1 of 0,1,2 is not job 1 of 0,2. Refused, it once overwrote the
+    finished job's metrics.json with a failure, and the hint blamed a shared output."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "recipe=toy", f"hydra.searchpath=[file://{plugin}]", f"hydra.sweep.dir={sweep}"]
+    assert cli(*args, "objectives.helpful.weight=0,2", cwd=tmp_path).returncode == 0
+    finished = (sweep / "1" / "metrics.json").read_text()
+    result = cli(*args, "objectives.helpful.weight=0,1,2", "resume=true", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "was written with objectives.helpful.weight=2.0, this run has 1.0; sweep job 1 stands for another " \
+        "point" in result.stderr  # fmt: skip
+    assert "metrics.json of the run finished there is kept" in result.stderr
+    assert (sweep / "1" / "metrics.json").read_text() == finished
+    assert json.loads((sweep / "2" / "metrics.json").read_text())["weights"] == {"helpful": 2.0}
+
+
+def test_the_failed_jobs_callback_counts_a_started_job_that_wrote_no_metrics(tmp_path: Path, monkeypatch):
+    """A joblib worker's refused rerun keeps the older metrics.json: the job's newer overrides.yaml tells."""
+    monkeypatch.setattr(command_line, "FAILED_JOBS", [])
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "output_subdir": ".hydra"}})
+    for job in ("kept", "rerun"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / "metrics.json").write_text('{"status": "ok"}')
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("- a=1\n")
+    callback = command_line.FailedJobs()
+    callback.on_multirun_start(config)
+    time.sleep(0.01)
+    for job in ("kept", "rerun", "started"):
+        (tmp_path / job / ".hydra").mkdir(parents=True, exist_ok=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("- a=2\n")
+    time.sleep(0.01)
+    (tmp_path / "rerun" / "metrics.json").write_text('{"status": "ok"}')
+    callback.on_multirun_end(config)
+    assert sorted(path.parent.name for path in command_line.FAILED_JOBS) == ["kept", "started"]
+
+
 def test_the_failed_jobs_callback_counts_this_sweeps_failures_and_unreadable_records(tmp_path: Path, monkeypatch):
     """Hydra turns a callback's exception into a warning (and the exit code into 0): nothing in it may raise."""
     monkeypatch.setattr(command_line, "FAILED_JOBS", [])
