@@ -25,7 +25,7 @@ from experts.errors import UserInputError  # noqa: E402
 @dataclass
 class Job:
     name: str
-    status: str  # ok | failed | missing
+    status: str  # ok | failed | missing | unreadable
     overrides: list[str]
     metrics: dict[str, float]
     higher_is_better: dict[str, bool]
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
 def build_report(sweep_dir: Path) -> Report:
     if not sweep_dir.is_dir():
         raise UserInputError(f"sweep folder {str(sweep_dir)!r} not found")
-    jobs = [_read_job(folder) for folder in _job_folders(sweep_dir)]
+    jobs = [_read_job(folder, sweep_dir) for folder in _job_folders(sweep_dir)]
     if not jobs:
         raise UserInputError(f"no jobs in {str(sweep_dir)!r}: expected a multirun folder of numbered job folders")
     objectives: list[str] = []
@@ -79,29 +79,43 @@ def build_report(sweep_dir: Path) -> Report:
 
 
 def _job_folders(sweep_dir: Path) -> list[Path]:
+    """Every job folder below the sweep's, however deep (``hydra.sweep.subdir=w${x}/${hydra.job.num}``)."""
     if (sweep_dir / METRICS_NAME).is_file():
         return [sweep_dir]
-    folders = [
-        p for p in sweep_dir.iterdir() if p.is_dir() and ((p / METRICS_NAME).is_file() or (p / ".hydra").is_dir())
-    ]
-    return sorted(folders, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    found = {p.parent for p in sweep_dir.rglob(METRICS_NAME)} | {p.parent for p in sweep_dir.rglob(".hydra")}
+    return sorted((p for p in found if p != sweep_dir and p.is_dir()), key=lambda p: _natural(p.relative_to(sweep_dir)))
 
 
-def _read_job(folder: Path) -> Job:
+def _natural(path: Path) -> list[tuple[int, int, str]]:
+    """Numbered folders in number order (2 before 10), named ones after them."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
+
+
+def _read_job(folder: Path, sweep_dir: Path) -> Job:
+    name = folder.relative_to(sweep_dir).as_posix() if folder != sweep_dir else folder.name
     path = folder / METRICS_NAME
     if not path.is_file():
-        return Job(folder.name, "missing", _hydra_overrides(folder), {}, {}, "no metrics.json: the job did not finish")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return Job(
-        folder.name,
-        data["status"],
-        data.get("overrides", []),
-        data.get("metrics", {}),
-        data.get("higher_is_better", {}),
-        data.get("error", ""),
-        tokens_per_s=data.get("tokens_per_s"),
-        acceptance=data.get("speculative", {}).get("acceptance_rate"),
-    )
+        return Job(name, "missing", _hydra_overrides(folder), {}, {}, "no metrics.json: the job did not finish")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+            raise ValueError("not a job's record")
+        metrics = {key: float(value) for key, value in data.get("metrics", {}).items()}
+        higher = {key: bool(value) for key, value in data.get("higher_is_better", {}).items()}
+        speed, speculative = data.get("tokens_per_s"), data.get("speculative", {})
+        job = Job(
+            name,
+            data["status"],
+            [str(o) for o in data.get("overrides", [])],
+            metrics,
+            higher,
+            str(data.get("error", "")),
+            tokens_per_s=None if speed is None else float(speed),
+            acceptance=None if speculative.get("acceptance_rate") is None else float(speculative["acceptance_rate"]),
+        )
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        return Job(name, "unreadable", _hydra_overrides(folder), {}, {}, f"metrics.json cannot be read ({err})")
+    return job
 
 
 def _hydra_overrides(folder: Path) -> list[str]:

@@ -151,8 +151,11 @@ def record_failure(job_dir: Path, overrides: Sequence[str], error: BaseException
 
 
 def write_metrics(job_dir: Path, summary: dict[str, Any]) -> None:
+    """Written whole or not at all (a kill mid-write leaves the previous file), as the report reads it."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / METRICS_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    partial = job_dir / f".{METRICS_NAME}.partial"
+    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, job_dir / METRICS_NAME)
 
 
 def load_prompts(inline: list[str], path: str | None) -> list[PromptItem]:
