@@ -86,7 +86,19 @@ class ModelStream:
         ids, mask = left_pad(rows, self.pad_id, self.device)
         self.prompt_width = ids.shape[1]
         self._fresh_cache(mask)
-        return self._forward(ids, positions_from_mask(mask), logits_to_keep=1)[:, -1]
+        return self._checked(self._forward(ids, positions_from_mask(mask), logits_to_keep=1)[:, -1])
+
+    def _checked(self, logits: torch.Tensor) -> torch.Tensor:
+        """NaN logits, checked once per prompt batch (a NaN in the past reaches every later step), would pass
+        through the composition as token 0; transformers' eager attention gives them in float64 over
+        left-padded rows (its softmax runs in float32, turning the mask's float64 minimum into -inf)."""
+        if bool(torch.isnan(logits).any()):
+            raise UserInputError(
+                f"{type(self.model).__name__} returned NaN logits for these prompts (float64 with eager attention "
+                "over padded rows does: its softmax runs in float32); run the model in float32 or bfloat16, or a "
+                "prompt at a time"
+            )
+        return logits
 
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -162,4 +174,4 @@ class ModelStream:
             use_cache=False,
             logits_to_keep=keep,
         )
-        return out.logits
+        return self._checked(out.logits)

@@ -277,3 +277,29 @@ def test_a_model_without_an_attention_cache_is_refused(tiny, tmp_path: Path):
         Composer(str(tmp_path / "mamba"), [pair(tiny)])
     with one_line_error(r"'memory:ssm' \(MambaForCausalLM\) keeps a recurrent state"):
         register("ssm", model, tokenizer)
+
+
+def test_nan_logits_are_refused_not_decoded_as_token_0(tmp_path: Path):
+    """Gemma 2's eager attention in float64 gives NaN over left-padded rows: every padded row generated
+    token 0 and scores were NaN, silently."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from tests.tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    for name, seed in [("base", 0), ("expert", 1), ("anti", 2)]:
+        torch.manual_seed(seed)
+        config = Gemma2Config(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, head_dim=8,
+            num_attention_heads=2, num_key_value_heads=1, sliding_window=4, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        Gemma2ForCausalLM(config).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    spec = {name: ModelSpec(str(tmp_path / name), dtype="float64") for name in ("base", "expert", "anti")}
+    composer = Composer(spec["base"], [Objective("o", Member(spec["expert"]), Member(spec["anti"]))])
+    prompts = ["hello", "the cat sat on the mat and ran to the park"]
+    with one_line_error("Gemma2ForCausalLM returned NaN logits for these prompts .* float32 or bfloat16"):
+        composer.generate(prompts, DecodingConfig(max_new_tokens=2))
+    with one_line_error("Gemma2ForCausalLM returned NaN logits"):
+        composer.score(prompts, ["yes", "no"])
+    assert composer.generate(prompts[:1], DecodingConfig(max_new_tokens=2))[0].token_ids  # no padding, no NaN
