@@ -296,8 +296,8 @@ def instantiate_allowed(key: str, node: Any, allow: list[str]) -> Any:
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as err:
-        if isinstance(err.__cause__, UserInputError):
-            raise err.__cause__ from None
+        if isinstance(err.__cause__, UserInputError):  # named by the key it came from ("linear schedule: ...")
+            raise UserInputError(f"{key}: {err.__cause__}") from None
         cause = err.__cause__ or err
         raise UserInputError(f"{key}: {first_line(cause)}{_swap_hint(key, cause)}") from None
 

@@ -185,7 +185,7 @@ def test_a_constructor_error_surfaces_as_its_one_line_message():
     cfg = compose_run(
         "recipe=code_safety", "schedules@objectives.code.schedule=ramp_up", "objectives.code.schedule.steps=0"
     )
-    with pytest.raises(UserInputError, match="linear schedule: steps=0"):
+    with pytest.raises(UserInputError, match="^objectives.code.schedule: linear schedule: steps=0"):
         build_objectives(cfg)
 
 
