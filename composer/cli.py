@@ -254,6 +254,11 @@ def one_line(err: BaseException) -> str:
     text = " ".join(parts) or type(err).__name__
     if "Key 'recipe' not in 'RunConfig'" in text:  # Hydra names the file whose merge failed, not the recipe
         text += "; a recipe file must start with '# @package _global_' (its keys are the run's, not under recipe:)"
+    if "is not a subclass of ObjectiveConfig" in text:  # '+objectives.NEW.weight=1', as Hydra's own hint says
+        text += (
+            "; an objective is added whole, from a file of conf/objectives or your own: "
+            "+objectives@objectives.NAME=FILE, then its keys (objectives.NAME.weight=...)"
+        )
     return text
 
 

@@ -211,6 +211,10 @@ def test_a_broken_plugin_file_is_one_line_that_names_the_fix(tmp_path: Path):
     assert result.returncode == 2 and result.stderr.strip().endswith(
         "must start with '# @package _global_' (its keys are the run's, not under recipe:)"
     )
+    added = cli("+objectives.maths.weight=0.3", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert added.returncode == 2 and added.stderr.strip().endswith(
+        "+objectives@objectives.NAME=FILE, then its keys (objectives.NAME.weight=...)"
+    )  # a new objective by a dotted key, as Hydra's hint for the typo 'objectives.maths.weight' suggests
 
 
 def test_relative_paths_and_model_folders_are_read_from_where_the_command_ran_when_hydra_changes_folder(tmp_path: Path):
