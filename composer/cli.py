@@ -195,6 +195,11 @@ def _status(path: Path) -> str | None:
 def validate(overrides: list[str]) -> int:
     """Compose every recipe (those named by ``recipe=a,b`` if given; the user's on ``hydra.searchpath`` too) and
     build its objects without loading weights; local model folders must exist."""
+    flags = [arg for arg in overrides if arg.startswith("-")]
+    if flags:
+        raise UserInputError(
+            f"validate takes overrides only, not {flags[0]!r}: it checks every recipe at once (recipe=a,b picks some)"
+        )
     parsed = OverridesParser.create().parse_overrides(overrides)
     chosen = [_names(o) for o in parsed if o.key_or_group == "recipe"]
     overrides = [text for text, o in zip(overrides, parsed, strict=True) if o.key_or_group != "recipe"]

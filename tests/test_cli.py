@@ -205,6 +205,8 @@ def test_a_broken_plugin_file_is_one_line_that_names_the_fix(tmp_path: Path):
     assert result.stderr.startswith("error: while scanning") and 'broken.yaml", line 3' in result.stderr
     checked = cli("validate", searchpath, cwd=tmp_path)
     assert checked.returncode == 1 and "FAIL  broken: while scanning" in checked.stdout
+    flagged = cli("validate", "-m", "recipe=tiny", cwd=tmp_path)  # once a lexer error on '-m'
+    assert flagged.returncode == 2 and flagged.stderr.startswith("error: validate takes overrides only, not '-m'")
     assert "ok    tiny" in checked.stdout  # the other recipes are still checked
     (tmp_path / "mine" / "recipe" / "headless.yaml").write_text("defaults:\n  - /recipe/tiny\n  - _self_\n")
     result = cli("recipe=headless", searchpath, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
