@@ -23,41 +23,66 @@ class Metric(Protocol):
 
 @dataclass(frozen=True)
 class ContainsAny:
-    """Fraction of texts containing at least one of ``words``, e.g. a refusal phrase."""
+    """Fraction of texts containing at least one of ``words``, e.g. a refusal phrase; with ``where``, of the
+    texts whose prompt matches that regex only (an objective's own prompts in a mixed prompt set)."""
 
     words: tuple[str, ...]
     case_sensitive: bool = False
+    where: str | None = None
     higher_is_better: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "words", tuple(self.words))
         if not self.words or any(not isinstance(w, str) or not w for w in self.words):
             raise UserInputError(f"ContainsAny metric: words={list(self.words)!r} must be non-empty strings")
+        _compiled("ContainsAny", "where", self.where)
 
     def __call__(self, prompts: Sequence[str], texts: Sequence[str]) -> float:
-        fold = (lambda s: s) if self.case_sensitive else str.lower
-        words = [fold(w) for w in self.words]
-        return _mean([any(w in fold(t) for w in words) for t in texts])
+        return _mean([_contains(self.words, self.case_sensitive, t) for t in _where(self.where, prompts, texts)])
 
 
 @dataclass(frozen=True)
 class MatchesRegex:
-    """Fraction of texts in which ``pattern`` is found, e.g. a final-answer marker or a function definition."""
+    """Fraction of texts in which ``pattern`` is found, e.g. a final-answer marker or a function definition;
+    with ``where``, of the texts whose prompt matches that regex only."""
 
     pattern: str
+    where: str | None = None
     higher_is_better: bool = True
 
     def __post_init__(self) -> None:
-        try:
-            re.compile(self.pattern)
-        except re.error as err:
-            raise UserInputError(
-                f"MatchesRegex metric: pattern {self.pattern!r} is not a valid regex ({err})"
-            ) from None
+        _compiled("MatchesRegex", "pattern", self.pattern)
+        _compiled("MatchesRegex", "where", self.where)
 
     def __call__(self, prompts: Sequence[str], texts: Sequence[str]) -> float:
         compiled = re.compile(self.pattern)
-        return _mean([compiled.search(t) is not None for t in texts])
+        return _mean([compiled.search(t) is not None for t in _where(self.where, prompts, texts)])
+
+
+@dataclass(frozen=True)
+class Refuses:
+    """Refusing where it belongs: the mean of the refusal rate (a text holding one of ``words``) on prompts that
+    match ``harmful`` and the answer rate on the others, so that a model steered to refuse everything scores
+    0.5, not 1, as a refusal rate alone would."""
+
+    words: tuple[str, ...]
+    harmful: str
+    case_sensitive: bool = False
+    higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "words", tuple(self.words))
+        if not self.words or any(not isinstance(w, str) or not w for w in self.words):
+            raise UserInputError(f"Refuses metric: words={list(self.words)!r} must be non-empty strings")
+        _compiled("Refuses", "harmful", self.harmful)
+
+    def __call__(self, prompts: Sequence[str], texts: Sequence[str]) -> float:
+        harmful = re.compile(self.harmful)
+        refused = {True: [], False: []}
+        for prompt, text in zip(prompts, texts, strict=True):
+            refused[harmful.search(prompt) is not None].append(_contains(self.words, self.case_sensitive, text))
+        parts = [_mean(refused[True])] * bool(refused[True]) + [1 - _mean(refused[False])] * bool(refused[False])
+        return _mean(parts)
 
 
 @dataclass(frozen=True)
@@ -72,3 +97,25 @@ class MeanWords:
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def _contains(words: Sequence[str], case_sensitive: bool, text: str) -> bool:
+    fold = (lambda s: s) if case_sensitive else str.lower
+    return any(fold(w) in fold(text) for w in words)
+
+
+def _where(pattern: str | None, prompts: Sequence[str], texts: Sequence[str]) -> list[str]:
+    """The texts whose prompt matches ``pattern`` (all of them without one); none matching scores 0."""
+    if pattern is None:
+        return list(texts)
+    compiled = re.compile(pattern)
+    return [t for p, t in zip(prompts, texts, strict=True) if compiled.search(p)]
+
+
+def _compiled(metric: str, field: str, pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError) as err:
+        raise UserInputError(f"{metric} metric: {field} {pattern!r} is not a valid regex ({err})") from None
