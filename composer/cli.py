@@ -113,7 +113,8 @@ def run(cfg: DictConfig) -> list[float] | None:
         _from_launch_folder(cfg)
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
-            run_job(cfg, job_dir, overrides, as_written=as_written)
+            summary = run_job(cfg, job_dir, overrides, as_written=as_written)
+            print(f"{summary['records']} record(s) in {summary['output']}; metrics in {job_dir / METRICS_NAME}")
         except Interrupted as err:
             print(err, file=sys.stderr)
             sys.exit(130)

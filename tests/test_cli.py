@@ -79,6 +79,7 @@ def test_killed_run_resumes_without_losing_or_repeating_a_record(plugin: Path, t
     assert sorted(r["id"] for r in records) == ids
     assert all(r["weights"] == {"helpful": 0.5} and r["prompt"] == f"the cat {r['id']}" for r in records)
     assert f"[{ids[-1]}] " in second.stdout and f"[{ids[0]}] " not in second.stdout
+    assert f"{len(ids)} record(s) in {out}; metrics in {tmp_path / 'run2' / 'metrics.json'}" in second.stdout
     metrics = json.loads((tmp_path / "run2" / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["records"] == len(ids)
 
