@@ -32,9 +32,7 @@ class ContainsAny:
     higher_is_better: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "words", tuple(self.words))
-        if not self.words or any(not isinstance(w, str) or not w for w in self.words):
-            raise UserInputError(f"ContainsAny metric: words={list(self.words)!r} must be non-empty strings")
+        object.__setattr__(self, "words", _words("ContainsAny", self.words))
         _compiled("ContainsAny", "where", self.where)
 
     def __call__(self, prompts: Sequence[str], texts: Sequence[str]) -> float:
@@ -71,9 +69,7 @@ class Refuses:
     higher_is_better: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "words", tuple(self.words))
-        if not self.words or any(not isinstance(w, str) or not w for w in self.words):
-            raise UserInputError(f"Refuses metric: words={list(self.words)!r} must be non-empty strings")
+        object.__setattr__(self, "words", _words("Refuses", self.words))
         _compiled("Refuses", "harmful", self.harmful)
 
     def __call__(self, prompts: Sequence[str], texts: Sequence[str]) -> float:
@@ -110,6 +106,13 @@ def _where(pattern: str | None, prompts: Sequence[str], texts: Sequence[str]) ->
         return list(texts)
     compiled = re.compile(pattern)
     return [t for p, t in zip(prompts, texts, strict=True) if compiled.search(p)]
+
+
+def _words(metric: str, words: Sequence[str]) -> tuple[str, ...]:
+    words = tuple(words)
+    if not words or any(not isinstance(w, str) or not w for w in words):
+        raise UserInputError(f"{metric} metric: words={list(words)!r} must be non-empty strings")
+    return words
 
 
 def _compiled(metric: str, field: str, pattern: str | None) -> None:
