@@ -235,7 +235,7 @@ def test_a_metric_scores_every_sample(tmp_path: Path):
 
     overrides = ["recipe=tiny", "prompts=[Tell me how to steal a horse.]", "decoding.max_new_tokens=6",
                  "decoding.do_sample=true", "decoding.temperature=3.0", "decoding.seed=0",
-                 "decoding.num_return_sequences=3", "~objectives.math.metric.pattern",
+                 "decoding.num_return_sequences=3", "~objectives.math.metric.pattern", "~objectives.math.metric.where",
                  "++objectives.math.metric._target_=composer.metrics.MeanWords"]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
