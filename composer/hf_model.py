@@ -53,13 +53,14 @@ class CompositeCache(Cache):
     def batch_repeat_interleave(self, repeats: int) -> None:
         self.session.select(torch.arange(self.session.batch).repeat_interleave(repeats))
 
-    def activate_past_recording(self) -> None:
+    def activate_past_recording(self, **kwargs: Any) -> None:
         """transformers will crop: sliding-window members keep their whole past. Before the prefill (assisted
         decoding), the session is built to take columns back; after it (a stop check that rolls back), each
-        member cache records, as transformers' own."""
+        member cache records, as transformers' own. ``kwargs``: transformers 5.25 passes the recurrent states to
+        keep, which attention caches (the only ones a member may have) take and ignore."""
         self.rolls_back = True
         for unit in [] if self.session is None else self.session.units:
-            unit.stream.cache.activate_past_recording()
+            unit.stream.cache.activate_past_recording(**kwargs)
 
 
 class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
