@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from composer.decoding import DecodingConfig, as_decoding, choose, drop_finished
+from composer.decoding import DecodingConfig, RowChooser, as_decoding, drop_finished
 from composer.guards import check_overrides
 from composer.objectives import Member, Objective, as_member
 from composer.plan import Plan
 from composer.scoring import ContinuationScore, score_continuations
 from composer.session import Composed, Session, render_rows
 from composer.speculative import Draft, speculate
-from composer.trace import TokenTrace, trace_row
+from composer.trace import TokenLogprobs, TokenTrace, token_logprobs, trace_row
 from composer.units import partition
 from composer.vocab import common_vocab_width
 from composer.weights import WeightOverride, row_weights
-from experts.errors import UserInputError
+from experts.errors import UserInputError, check_whole
 from experts.loading import LoadedModel, ModelSpec, load
 from experts.stream import check_fits
 
@@ -33,9 +33,13 @@ class Completion:
     text: str
     token_ids: list[int]
     weights: dict[str, float]
-    finish_reason: str  # "eos", "stop" or "length"
+    finish_reason: str  # "eos", "stop", "length", or "cancelled" (a listener dropped the row)
     trace: list[TokenTrace] | None = None
     guards_overridden: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] | None = None  # with generate(logprobs=N)
+
+
+Listener = Callable[[int, list[int], str], bool | None]  # (row, its tokens so far, finish reason) -> keep it?
 
 
 class Composer:
@@ -155,30 +159,62 @@ class Composer:
         weights: WeightOverride = None,
         trace: bool = False,
         draft: Draft | None = None,
+        logprobs: int | None = None,
     ) -> list[Completion]:
         """One completion per prompt (``num_return_sequences`` per prompt when sampling), in prompt order.
 
         With a ``draft``, decoding is speculative: faster when the base dominates the cost, same distribution.
+        ``logprobs=N`` records, per generated token, its log-probability under the composed distribution and
+        the N most likely tokens' (N=0: the chosen token's alone).
         """
-        config = as_decoding(config)
         prompts = _prompt_list(prompts)
-        session, guard_notes = self._session(prompts, weights, config.max_new_tokens, draft)
-        repeats = torch.arange(len(prompts)).repeat_interleave(config.num_return_sequences)
+        return self.generate_each(prompts, [as_decoding(config)] * len(prompts), weights, trace, draft, logprobs)
+
+    def generate_each(
+        self,
+        prompts: Sequence[str],
+        configs: Sequence[DecodingConfig],
+        weights: WeightOverride = None,
+        trace: bool = False,
+        draft: Draft | None = None,
+        logprobs: int | None = None,
+        listener: Listener | None = None,
+    ) -> list[Completion]:
+        """``generate`` with decoding settings of each prompt's own, in one batch (a server's requests): the
+        prompts given one config object share its random generator, as ``generate``'s do; each config object
+        has its own, so that a seeded request samples alike alone or beside others. ``listener(row, tokens,
+        finish_reason)`` hears of every generated token; it returns False to drop that row (a client gone)."""
+        prompts = _prompt_list(prompts)
+        if len(configs) != len(prompts) or not all(isinstance(c, DecodingConfig) for c in configs):
+            raise UserInputError(f"generate_each takes one DecodingConfig per prompt: {len(prompts)} of them")
+        if logprobs is not None:
+            check_whole("logprobs", logprobs, minimum=0, maximum=self.vocab_width)
+        if draft is not None and len({id(c) for c in configs}) > 1:
+            raise UserInputError("speculative decoding takes one decoding config for the whole batch")
+        session, guard_notes = self._session(prompts, weights, max(c.max_new_tokens for c in configs), draft)
+        repeats = torch.tensor([i for i, c in enumerate(configs) for _ in range(c.num_return_sequences)])
+        row_configs = [configs[i] for i in repeats.tolist()]
         prompt_of_row = [prompts[i] for i in repeats.tolist()]
         weights_of_row = session.row_weights.index_select(1, repeats.to(session.row_weights.device))
         tokens: list[list[int]] = [[] for _ in prompt_of_row]
         traces: list[list[TokenTrace]] = [[] for _ in prompt_of_row]
+        chosen_logprobs: list[list[TokenLogprobs]] = [[] for _ in prompt_of_row]
         reasons = ["length"] * len(prompt_of_row)
         finished: set[int] = set()
-        for rows, chosen, composed in self._decode(session, config, repeats, draft, finished):
+        for rows, chosen, composed in self._decode(session, row_configs, repeats, draft, finished):
+            steps = token_logprobs(composed.logits[:, -1], chosen, logprobs) if logprobs is not None else None
             for i, (row, token) in enumerate(zip(rows.tolist(), chosen.tolist(), strict=True)):
                 if row in finished:
                     continue  # a speculative round can run past a row's end; those tokens are thrown away
                 tokens[row].append(token)
                 if trace:
                     traces[row].append(self._trace(composed, i, tokens[row]))
-                reasons[row] = self._finish_reason(token, tokens[row], config)
-                if reasons[row] != "length":
+                if steps is not None:
+                    chosen_logprobs[row].append(steps[i])
+                reasons[row] = self._finish_reason(token, tokens[row], row_configs[row])
+                if listener is not None and listener(row, tokens[row], reasons[row]) is False:
+                    reasons[row] = "cancelled"
+                if reasons[row] != "length" or len(tokens[row]) == row_configs[row].max_new_tokens:
                     finished.add(row)
             if len(finished) == len(reasons):
                 break
@@ -186,12 +222,13 @@ class Composer:
         return [
             Completion(
                 prompt=prompt_of_row[row],
-                text=self._text(tokens[row], reasons[row], config),
+                text=self._text(tokens[row], reasons[row], row_configs[row]),
                 token_ids=tokens[row],
                 weights=dict(zip(names, weights_of_row[:, row].tolist(), strict=True)),
                 finish_reason=reasons[row],
                 trace=traces[row] if trace else None,
                 guards_overridden=list(guard_notes[int(repeats[row])]),
+                logprobs=chosen_logprobs[row] if logprobs is not None else None,
             )
             for row in range(len(prompt_of_row))
         ]
@@ -212,19 +249,24 @@ class Composer:
         session = self._session([prompt], weights, config.max_new_tokens, draft)[0]
         tokens: list[int] = []
         shown = ""
-        for _, chosen, _ in self._decode(session, config, torch.zeros(1, dtype=torch.long), draft):
+        for _, chosen, _ in self._decode(session, [config], torch.zeros(1, dtype=torch.long), draft):
             tokens.append(int(chosen[0]))
             reason = self._finish_reason(tokens[-1], tokens, config)
-            if reason != "length" or len(tokens) == config.max_new_tokens:
-                ready = self._text(tokens, reason, config)
-            else:  # byte-fallback tokens decode run by run: an open run may still turn into replacement characters
-                closed = tokens[: len(tokens) - _open_byte_run(self.tokenizer, tokens)]
-                ready = _settled(self._text(closed, reason, config), config.stop, _cleans_up(self.tokenizer))
+            ready = self.ready_text(tokens, reason, config)
             if len(ready) > len(shown):
                 yield ready[len(shown) :]
                 shown = ready
             if reason != "length":
                 return
+
+    def ready_text(self, tokens: list[int], reason: str, config: DecodingConfig) -> str:
+        """What a stream may show of a generation so far: all of it once it ended (``reason`` is not "length",
+        or ``max_new_tokens`` is reached); before, not an ending that a later token could still change."""
+        if reason != "length" or len(tokens) == config.max_new_tokens:
+            return self._text(tokens, reason, config)
+        # byte-fallback tokens decode run by run: an open run may still turn into replacement characters
+        closed = tokens[: len(tokens) - _open_byte_run(self.tokenizer, tokens)]
+        return _settled(self._text(closed, reason, config), config.stop, _cleans_up(self.tokenizer))
 
     def score(
         self, prompts: Sequence[str] | str, continuations: Sequence[str] | str, weights: WeightOverride = None
@@ -240,35 +282,34 @@ class Composer:
     def _decode(
         self,
         session: Session,
-        config: DecodingConfig,
+        configs: Sequence[DecodingConfig],
         repeats: torch.Tensor,
         draft: Draft | None = None,
         finished: Collection[int] = (),
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Composed]]:
-        """Yields (rows (B',), chosen tokens (B',), composed parts) until max_new_tokens or the caller stops.
+        """Yields (rows (B',), chosen tokens (B',), composed parts) until the longest ``max_new_tokens`` or the
+        caller stops. ``configs`` holds each row's settings (one object for rows that share a generator).
 
         ``rows`` are the indices (into ``repeats``) of the rows still decoding: the caller adds a row to
         ``finished`` when it ends, and the next step runs without it (``Session.select``).
         """
         composed = session.start()
         history = _base_prompt_ids(session).index_select(0, repeats.to(session.device))  # before select: B rows
-        if config.num_return_sequences > 1:
+        if len(repeats) != session.batch:
             session.select(repeats.to(session.device))
             composed = composed.take(rows=repeats.to(session.device))
         if draft is not None:
-            yield from speculate(session, composed, history, config, draft, finished)
+            yield from speculate(session, composed, history, configs[0], draft, finished)
             return
-        processors = config.processors()
-        generator = config.generator(session.device)
+        pick = RowChooser(configs, session.device)
         rows = torch.arange(len(repeats))
-        for step in range(config.max_new_tokens):
-            scores = processors(history, composed.logits[:, -1])
-            chosen = choose(scores, config.do_sample, generator)
+        for step in range(max(c.max_new_tokens for c in configs)):
+            chosen = pick(rows, history, composed.logits[:, -1])
             yield rows, chosen, composed
-            if step + 1 == config.max_new_tokens:
-                return
             history = torch.cat([history, chosen.unsqueeze(1)], dim=1)
             rows, (history, chosen) = drop_finished(session, rows, finished, history, chosen)
+            if step + 1 == max(configs[row].max_new_tokens for row in rows.tolist()):
+                return
             composed = session.extend(chosen.unsqueeze(1))
 
     def _finish_reason(self, token: int, tokens: list[int], config: DecodingConfig) -> str:

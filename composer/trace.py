@@ -41,3 +41,22 @@ def trace_row(
         composed_rank=int((logits > logits[token_id]).sum()),
         flipped_top1=bool(base.argmax() != logits.argmax()),
     )
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A generated token's log-probability under the composed distribution, with the most likely tokens'."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, log-probability), most likely first
+
+
+def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> list[TokenLogprobs]:
+    """logits: (B, V) composed (before temperature and the other sampling warpers, as OpenAI's log-probs are);
+    chosen: (B,)."""
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    picked = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1).tolist()
+    values, ids = logprobs.topk(top, dim=-1) if top else (logprobs[:, :0], chosen[:, None][:, :0])
+    rows = zip(chosen.tolist(), picked, ids.tolist(), values.tolist(), strict=True)
+    return [TokenLogprobs(token, logprob, list(zip(i, v, strict=True))) for token, logprob, i, v in rows]
