@@ -30,6 +30,7 @@ from composer.objectives import Member, Objective
 from composer.plan import Plan
 from composer.speculative import GAMMA_SCHEDULES, Draft
 from experts import family
+from experts.api import ApiSpec
 from experts.errors import UserInputError, check_whole, first_line
 from experts.loading import ModelSpec
 from experts.prompts import Chat, PromptFormat, Raw, Template
@@ -44,8 +45,26 @@ SIDES = ("expert", "anti")
 
 
 @dataclass
+class ApiConfig:
+    """A black-box model behind an OpenAI-compatible /v1/completions endpoint (``experts.api.ApiSpec``)."""
+
+    base_url: str = MISSING  # e.g. http://127.0.0.1:8000/v1
+    model: str = MISSING
+    top_logprobs: int = 5
+    api_key_env: str | None = None  # the environment variable holding the key; the key itself is never in a config
+    tries: int = 4
+    timeout: float = 30.0
+    prompt_as: str = "text"  # or ids
+    concurrency: int = 16
+    context_window: int | None = None
+
+
+@dataclass
 class ModelConfig:
-    path: str = MISSING
+    path: str = MISSING  # a local folder or hub id; an endpoint's model sets api (and tokenizer) instead
+    api: ApiConfig | None = None
+    tokenizer: str | None = None  # api only: the local tokenizer that maps the endpoint's tokens to ids
+    top_logprobs: int | None = None  # a local model cut to its top-k log-probs, as an endpoint gives them
     dtype: str = "float32"
     device: Any = None  # a device (cpu, cuda:1) or an accelerator index (0), as transformers reads it
     device_map: Any = None  # a strategy (auto), a device, or {module: device} (transformers' forms)
@@ -254,6 +273,10 @@ def build_composer(cfg: DictConfig) -> Composer:
 
 
 def build_member(key: str, node: DictConfig) -> Member:
+    if node.get("api") is not None:
+        return Member(build_api(key, node), build_format(key, node))
+    if node.get("tokenizer") is not None:
+        raise UserInputError(f"{key}.tokenizer is for an api model; a local model uses its own folder's tokenizer")
     spec = ModelSpec(
         path=node.path,
         dtype=node.dtype,
@@ -261,8 +284,27 @@ def build_member(key: str, node: DictConfig) -> Member:
         device_map=OmegaConf.to_container(node.device_map) if OmegaConf.is_config(node.device_map) else node.device_map,
         trust_remote_code=node.trust_remote_code,
         revision=node.revision,
+        top_logprobs=node.get("top_logprobs"),
     )
     return Member(spec, build_format(key, node))
+
+
+def build_api(key: str, node: DictConfig) -> ApiSpec:
+    """An endpoint's model: ``api`` says where and how to ask it, ``tokenizer`` maps its tokens to ids."""
+    if not OmegaConf.is_missing(node, "path"):
+        raise UserInputError(f"{key}: set either path (a local model) or api (an endpoint), not both")
+    if node.get("top_logprobs") is not None:
+        raise UserInputError(f"{key}: an api model's top-k is api.top_logprobs; drop {key}.top_logprobs")
+    if node.get("tokenizer") is None:
+        raise UserInputError(
+            f"{key}.tokenizer is unset: an api model needs the local tokenizer (a folder or hub id) that maps the "
+            "endpoint's tokens to the experts' ids"
+        )
+    values = OmegaConf.to_container(node.api, resolve=True)
+    missing = [name for name in ("base_url", "model") if values.get(name) in (None, "???")]
+    if missing:
+        raise UserInputError(f"{key}.api.{missing[0]} is unset; give the endpoint's {missing[0]}")
+    return ApiSpec(tokenizer=str(node.tokenizer), **values)
 
 
 def build_format(key: str, node: DictConfig) -> PromptFormat:

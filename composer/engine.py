@@ -22,6 +22,7 @@ from composer.trace import TokenLogprobs, TokenTrace, token_logprobs, trace_row
 from composer.units import partition
 from composer.vocab import common_vocab_width
 from composer.weights import WeightOverride, row_weights
+from experts.api import ApiModel
 from experts.errors import UserInputError, check_whole
 from experts.loading import LoadedModel, ModelSpec, load
 from experts.stream import check_fits
@@ -372,8 +373,8 @@ def _base_prompt_ids(session: Session) -> torch.Tensor:
     return torch.tensor([[row[0]] * (width - len(row)) + row for row in rows], device=session.device)
 
 
-def _eos_ids(model: LoadedModel) -> set[int]:
-    eos = model.model.generation_config.eos_token_id
+def _eos_ids(model: LoadedModel | ApiModel) -> set[int]:
+    eos = None if model.model is None else model.model.generation_config.eos_token_id
     if eos is None:
         eos = model.tokenizer.eos_token_id
     ids = eos if isinstance(eos, list) else [eos]

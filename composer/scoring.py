@@ -9,9 +9,10 @@ import torch
 
 from composer.combine import combine
 from composer.plan import Slot
+from composer.units import open_stream
 from composer.weights import WeightOverride, row_weights
 from experts.errors import UserInputError
-from experts.stream import ModelStream, check_fits
+from experts.stream import check_fits
 
 if TYPE_CHECKING:
     from composer.engine import Composer
@@ -70,7 +71,7 @@ def _slot_logits(composer: Composer, prompts: list[str], targets: list[list[int]
     by_slot: dict[Slot, list[torch.Tensor]] = {}
     for group, (model, formats) in enumerate(zip(composer.models, plan.formats, strict=True)):
         rows = [fmt.render(p, model.tokenizer) + t for fmt in formats for p, t in zip(prompts, targets, strict=True)]
-        stream = ModelStream.of(model)
+        stream = open_stream(model)
         check_fits(model, [len(r) for r in rows], 0)
         logits = stream.tail_logits(rows, keep)[..., : composer.vocab_width]
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32

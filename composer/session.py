@@ -263,6 +263,9 @@ class Session:
             return Composed(base, base, empty, empty, base.new_empty((0, *base.shape[:2])))
         experts = torch.stack([self._view(outputs, s) for s in self.plan.experts])
         antis = torch.stack([self._view(outputs, s) for s in self.plan.antis])
+        if experts.dtype != base.dtype:  # a float64 member (an endpoint's log-probs): compose in float64
+            dtype = torch.promote_types(base.dtype, experts.dtype)
+            base, experts, antis = base.to(dtype), experts.to(dtype), antis.to(dtype)
         weights = to_device(self.weights_at(first_step, base.shape[1]), self.device, base.dtype)
         return Composed(_combine_unmasked_fast(base, experts, antis, weights), base, experts, antis, weights)
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+from experts.api import ApiModel, ApiStream
 from experts.loading import LoadedModel
 from experts.stacking import stack_groups, stacked
 from experts.static_stream import StaticStream
 from experts.stream import ModelStream
+from experts.support import TopLogprobsStream
 
 
 @dataclass
@@ -68,6 +70,7 @@ def partition(
     one group's own model (every group alone with ``stack`` off)."""
     if not stack:
         return [([g], models[g].model) for g in range(len(models))]
+    alone = {*alone, *runs_alone(models)}
     units: list[tuple[list[int], torch.nn.Module]] = []
     for groups in stack_groups(models, alone):
         if len(groups) == 1:
@@ -95,10 +98,33 @@ def build_units(
     columns back where ``speculative``."""
     units = []
     for groups, model in partition(models, alone, stack):
-        pad = models[groups[0]].tokenizer.pad_token_id
-        if graphed is None:
-            stream = ModelStream(model, pad, compiled, rolls_back=speculative)
+        loaded = models[groups[0]]
+        if len(groups) == 1:
+            stream = open_stream(loaded, compiled, speculative, graphed)
+        elif graphed is None:
+            stream = ModelStream(model, loaded.tokenizer.pad_token_id, compiled, rolls_back=speculative)
         else:
-            stream = StaticStream(model, pad, graphed)
+            stream = StaticStream(model, loaded.tokenizer.pad_token_id, graphed)
         units.append(Unit(groups, [formats[g] for g in groups], stream))
     return units
+
+
+def runs_alone(models: Sequence[LoadedModel | ApiModel]) -> set[int]:
+    """Groups that no stack can hold: an endpoint, and a model cut to its top-k (the cut is the stream's)."""
+    return {g for g, m in enumerate(models) if isinstance(m, ApiModel) or m.spec.top_logprobs is not None}
+
+
+def open_stream(
+    loaded: LoadedModel | ApiModel, compiled: bool = False, rolls_back: bool = False, graphed: int | None = None
+) -> ModelStream | StaticStream | ApiStream | TopLogprobsStream:
+    """The stream that runs one model: over its endpoint, or its own forward, cut to ``top_logprobs`` if set."""
+    if isinstance(loaded, ApiModel):
+        return ApiStream(loaded)
+    pad = loaded.tokenizer.pad_token_id
+    stream = (
+        ModelStream(loaded.model, pad, compiled, rolls_back)
+        if graphed is None
+        else StaticStream(loaded.model, pad, graphed)
+    )
+    k = loaded.spec.top_logprobs
+    return stream if k is None else TopLogprobsStream(stream, k)

@@ -17,7 +17,8 @@ from transformers import (
 )
 from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
-from experts.errors import UserInputError, first_line
+from experts.api import ApiModel, ApiSpec, load_api
+from experts.errors import UserInputError, check_whole, first_line
 
 _DTYPES = {
     "auto": "auto",
@@ -40,8 +41,11 @@ class ModelSpec:
     device_map: str | int | torch.device | Mapping[str, int | str] | tuple[tuple[str, int | str], ...] | None = None
     trust_remote_code: bool = False
     revision: str | None = None
+    top_logprobs: int | None = None  # cut the model's scores to its top-k log-probs, as an endpoint gives them
 
     def __post_init__(self) -> None:
+        if self.top_logprobs is not None:
+            check_whole(f"model {self.path!r}: top_logprobs", self.top_logprobs, minimum=1)
         if not self.path or not isinstance(self.path, str):
             raise UserInputError(
                 "model path is empty: give a local folder or a hub id such as 'meta-llama/Llama-2-7b-hf'"
@@ -193,8 +197,11 @@ def _check_attention_cache(path: str, model: PreTrainedModel) -> None:
         )
 
 
-def load(spec: ModelSpec) -> LoadedModel:
-    """Load (or reuse) the model and tokenizer for ``spec``; each unique spec is read from disk once."""
+def load(spec: ModelSpec | ApiSpec) -> LoadedModel | ApiModel:
+    """Load (or reuse) the model and tokenizer for ``spec``; each unique spec is read from disk once (an
+    endpoint's spec gets its client and local tokenizer)."""
+    if isinstance(spec, ApiSpec):
+        return load_api(spec)
     if spec.path.startswith(IN_MEMORY_PREFIX):
         if spec.path not in _IN_MEMORY:
             raise UserInputError(f"model {spec.path!r} was never registered; call experts.loading.register first")
@@ -202,11 +209,13 @@ def load(spec: ModelSpec) -> LoadedModel:
     return _load_cached(spec)
 
 
-def check_folder(spec: ModelSpec) -> None:
-    """A path that names a folder (not a hub id such as 'org/name') must exist."""
-    looks_like_path = spec.path.startswith((".", "/", "~")) or spec.path.count("/") > 1
-    if looks_like_path and not os.path.isdir(os.path.expanduser(spec.path)):
-        raise UserInputError(f"model {spec.path!r} not found: no such folder; give an existing folder or a hub id")
+def check_folder(spec: ModelSpec | ApiSpec) -> None:
+    """A path that names a folder (not a hub id such as 'org/name') must exist: an endpoint's tokenizer too."""
+    path = spec.tokenizer if isinstance(spec, ApiSpec) else spec.path
+    looks_like_path = path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_like_path and not os.path.isdir(os.path.expanduser(path)):
+        what = f"api model {spec.model!r}: tokenizer" if isinstance(spec, ApiSpec) else "model"
+        raise UserInputError(f"{what} {path!r} not found: no such folder; give an existing folder or a hub id")
 
 
 def _check_available(spec: ModelSpec) -> None:

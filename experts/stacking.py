@@ -72,8 +72,8 @@ def stack_groups(models: Sequence[LoadedModel], alone: Collection[int] = ()) -> 
     """
     units: dict[object, list[int]] = {}
     for index, loaded in enumerate(models):
-        key = signature(loaded)
-        key = ("alone", index) if key is None or index in alone else key
+        key = ("alone", index) if index in alone else signature(loaded)
+        key = ("alone", index) if key is None else key
         units.setdefault(key, []).append(index)
     return list(units.values())
 
