@@ -5,6 +5,7 @@
     proxy-compose report SWEEP_DIR            CSV, Markdown table and Pareto plot of a sweep
     proxy-compose validate [overrides...]     compose and build every recipe without loading weights
     proxy-compose lm-eval [lm-eval args...]   lm-eval's command line, --model proxy-composer known to it
+    proxy-compose serve [overrides...]        the recipe over the OpenAI HTTP API (serve.port=8000)
 
 A user's mistake (a UserInputError or a config that does not compose) prints one ``error:`` line, exit code 2.
 """
@@ -77,6 +78,10 @@ def main() -> None:
         sys.exit(_edge(lambda: validate(args[1:])))
     if args[:1] == ["lm-eval"]:
         sys.exit(_edge(lambda: _lm_eval(args[1:])))
+    if args[:1] == ["serve"]:
+        from composer.serving.command import main as serve
+
+        sys.exit(_edge(lambda: serve(args[1:])))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach _edge instead of its multi-line printer
     sys.exit(_edge(_run_command))
 

@@ -40,7 +40,8 @@ class Completion:
     logprobs: list[TokenLogprobs] | None = None  # with generate(logprobs=N)
 
 
-Listener = Callable[[int, list[int], str], bool | None]  # (row, its tokens so far, finish reason) -> keep it?
+# (row, its tokens so far, finish reason, the last token's log-probs with logprobs=N) -> keep the row?
+Listener = Callable[[int, list[int], str, TokenLogprobs | None], bool | None]
 
 
 class Composer:
@@ -99,21 +100,32 @@ class Composer:
         """Decoding state for a batch: the primitive that every decoding loop drives."""
         return self._session(prompts, weights, max_new_tokens)[0]
 
-    def check(self, prompts: Sequence[str] | str, weights: WeightOverride = None, max_new_tokens: int = 0) -> None:
+    def check(
+        self,
+        prompts: Sequence[str] | str,
+        weights: WeightOverride = None,
+        max_new_tokens: int = 0,
+        prompt_ids: Sequence[list[int]] | None = None,
+    ) -> None:
         """Raise what ``generate`` would raise for these prompts (bad weights, guards, prompts empty or too long
         for a member's context window) without running a model, so that a long run learns of a bad prompt
         before its first batch rather than at it."""
         prompts = _prompt_list(prompts)
         row_weights(self.objectives, len(prompts), weights, self.override_guards)
-        for model, group in zip(self.models, render_rows(self.plan, self.models, prompts), strict=True):
+        for model, group in zip(self.models, render_rows(self.plan, self.models, prompts, prompt_ids), strict=True):
             check_fits(model, [len(row) for row in group], max_new_tokens)
 
     def _session(
-        self, prompts: Sequence[str], weights: WeightOverride, max_new_tokens: int, draft: Draft | None = None
+        self,
+        prompts: Sequence[str],
+        weights: WeightOverride,
+        max_new_tokens: int,
+        draft: Draft | None = None,
+        prompt_ids: Sequence[list[int]] | None = None,
     ) -> tuple[Session, list[list[str]]]:
         prompts = _prompt_list(prompts)
         table, guard_notes = row_weights(self.objectives, len(prompts), weights, self.override_guards)
-        rows = render_rows(self.plan, self.models, prompts)
+        rows = render_rows(self.plan, self.models, prompts, prompt_ids)
         # a model that drafts by itself runs outside its stack, or every drafted token would run the whole stack
         speculative = draft is not None
         alone = {draft.slot(self.plan).group} if speculative and not draft.steer else set()
@@ -180,11 +192,14 @@ class Composer:
         draft: Draft | None = None,
         logprobs: int | None = None,
         listener: Listener | None = None,
+        prompt_ids: Sequence[list[int]] | None = None,
     ) -> list[Completion]:
         """``generate`` with decoding settings of each prompt's own, in one batch (a server's requests): the
         prompts given one config object share its random generator, as ``generate``'s do; each config object
         has its own, so that a seeded request samples alike alone or beside others. ``listener(row, tokens,
-        finish_reason)`` hears of every generated token; it returns False to drop that row (a client gone)."""
+        finish_reason, logprobs)`` hears of every generated token; it returns False to drop that row (a client gone).
+        ``prompt_ids``, one list per prompt, are fed as they are to members of the raw format (no decode and
+        encode round trip): a server's token-id prompts."""
         prompts = _prompt_list(prompts)
         if len(configs) != len(prompts) or not all(isinstance(c, DecodingConfig) for c in configs):
             raise UserInputError(f"generate_each takes one DecodingConfig per prompt: {len(prompts)} of them")
@@ -192,7 +207,8 @@ class Composer:
             check_whole("logprobs", logprobs, minimum=0, maximum=self.vocab_width)
         if draft is not None and len({id(c) for c in configs}) > 1:
             raise UserInputError("speculative decoding takes one decoding config for the whole batch")
-        session, guard_notes = self._session(prompts, weights, max(c.max_new_tokens for c in configs), draft)
+        longest = max(c.max_new_tokens for c in configs)
+        session, guard_notes = self._session(prompts, weights, longest, draft, prompt_ids)
         repeats = torch.tensor([i for i, c in enumerate(configs) for _ in range(c.num_return_sequences)])
         row_configs = [configs[i] for i in repeats.tolist()]
         prompt_of_row = [prompts[i] for i in repeats.tolist()]
@@ -213,7 +229,8 @@ class Composer:
                 if steps is not None:
                     chosen_logprobs[row].append(steps[i])
                 reasons[row] = self._finish_reason(token, tokens[row], row_configs[row])
-                if listener is not None and listener(row, tokens[row], reasons[row]) is False:
+                heard = steps[i] if steps is not None else None
+                if listener is not None and listener(row, tokens[row], reasons[row], heard) is False:
                     reasons[row] = "cancelled"
                 if reasons[row] != "length" or len(tokens[row]) == row_configs[row].max_new_tokens:
                     finished.add(row)

@@ -42,7 +42,9 @@ SETTINGS_SUFFIX = ".settings.json"  # beside the output: what its records were g
 SWEEP_JOB = "sweep job"  # in the settings of a sweep's job: a job of another number never resumes it
 # keys that may change between a run and its resume: where records go, how many at once, how fast, which
 # prompts (checked record by record); the rest decides what a record holds
-RESUMABLE_KEYS = ("prompts", "prompts_file", "output", "resume", "batch_size", "cuda_graphs", "compile", "speculative")
+RESUMABLE_KEYS = (
+    "prompts", "prompts_file", "output", "resume", "batch_size", "cuda_graphs", "compile", "speculative", "serve"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
