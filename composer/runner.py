@@ -34,6 +34,7 @@ from composer.config import (
 from composer.decoding import DecodingConfig
 from composer.engine import Completion, Composer
 from composer.speculative import Draft
+from experts.api import ApiModel
 from experts.errors import UserInputError, check_whole, first_line
 
 OUTPUT_NAME = "completions.jsonl"
@@ -83,6 +84,7 @@ def run_job(
     finished = {record["id"] for record in done}
     todo = [item for item in items if item.id not in finished]
     check_prompts(composer, todo, decoding.max_new_tokens)
+    asked = api_usage(composer)
     decoding_started = time.monotonic()
     try:
         new = run_prompts(composer, todo, decoding, output, cfg.batch_size, cfg.trace, len(done), draft)
@@ -104,6 +106,16 @@ def run_job(
         # this run's prompts only (a resumed run's earlier records are not timed again)
         "tokens_per_s": round(tokens / decoding_seconds, 2) if new else None,
     }
+    if asked:
+        summary["api"] = {
+            name: {
+                "calls": calls,
+                "prompt_tokens": prompt_tokens,
+                "calls_per_token": round(calls / tokens, 4) if tokens else None,
+                "prompt_tokens_per_token": round(prompt_tokens / tokens, 4) if tokens else None,
+            }
+            for name, (calls, prompt_tokens) in _asked_since(composer, asked).items()
+        }
     if draft is not None:
         summary["speculative"] = {
             "gamma": draft.gamma,
@@ -114,6 +126,16 @@ def run_job(
         }
     write_metrics(job_dir, summary)
     return summary
+
+
+def api_usage(composer: Composer) -> dict[str, tuple[int, int]]:
+    """Each endpoint model's requests and prompt tokens so far (a black-box base costs calls, not FLOPs)."""
+    return {m.spec.path: (m.usage.calls, m.usage.prompt_tokens) for m in composer.models if isinstance(m, ApiModel)}
+
+
+def _asked_since(composer: Composer, before: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    now = api_usage(composer)
+    return {name: (calls - before[name][0], tokens - before[name][1]) for name, (calls, tokens) in now.items()}
 
 
 class Interrupted(KeyboardInterrupt):

@@ -64,7 +64,7 @@ def create_app(composer: Composer, settings: ServeSettings, defaults: DecodingCo
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "batches": batcher.batches, "rows": batcher.rows}
+        return {"status": "ok", "batches": batcher.batches, "rows": batcher.rows, "cancelled": batcher.cancelled}
 
     @app.get("/v1/models")
     async def models(http: HttpRequest) -> Response:

@@ -44,6 +44,7 @@ class Batcher:
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.batches = 0  # decoded so far, and their rows: the mean batch says how well requests were batched
         self.rows = 0
+        self.cancelled = 0  # rows dropped because their client went away
         threading.Thread(target=self._work, name="proxy-compose-batcher", daemon=True).start()
 
     def submit(self, job: Job) -> None:
@@ -77,6 +78,7 @@ class Batcher:
         def listener(row: int, tokens: list[int], reason: str, logprobs: TokenLogprobs | None) -> bool:
             job = batch[owner[row]]
             if job.cancelled.is_set():
+                self.cancelled += 1
                 return False
             job.on_token(choice[row], tokens, reason, logprobs)
             return True
