@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from composer.schedules import Constant, Schedule
+from experts.api import ApiSpec
 from experts.errors import UserInputError
 from experts.loading import ModelSpec
 from experts.prompts import PromptFormat, Raw
@@ -18,7 +19,7 @@ from experts.prompts import PromptFormat, Raw
 class Member:
     """A model seen through one prompt format: the unit that runs as one stream."""
 
-    model: ModelSpec
+    model: ModelSpec | ApiSpec
     format: PromptFormat = field(default_factory=Raw)
 
     def __post_init__(self) -> None:
@@ -28,14 +29,16 @@ class Member:
             )
 
 
-def as_member(value: Member | ModelSpec | str, role: str) -> Member:
-    """A model path or spec seen raw; a Member as it is."""
+def as_member(value: Member | ModelSpec | ApiSpec | str, role: str) -> Member:
+    """A model path or spec (an endpoint's too) seen raw; a Member as it is."""
     if isinstance(value, str | os.PathLike):
         value = ModelSpec(os.fspath(value))
-    if isinstance(value, ModelSpec):
+    if isinstance(value, ModelSpec | ApiSpec):
         return Member(value)
     if not isinstance(value, Member):
-        raise UserInputError(f"{role} is a {type(value).__name__}; give a model path, a ModelSpec or a Member")
+        raise UserInputError(
+            f"{role} is a {type(value).__name__}; give a model path, a ModelSpec, an ApiSpec or a Member"
+        )
     return value
 
 

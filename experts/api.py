@@ -127,7 +127,7 @@ class ApiModel:
                 model=spec.model, prompt=prompt, max_tokens=1, temperature=0.0, logprobs=spec.top_logprobs
             )
         except openai.APIError as err:
-            tries = f" after {spec.tries} tries" if _retried(err) else ""
+            tries = f" after {spec.tries} {'try' if spec.tries == 1 else 'tries'}" if _retried(err) else ""
             raise UserInputError(
                 f"base endpoint {spec.base_url} (model {spec.model!r}) failed{tries}: {_scrubbed(err, spec)}; "
                 "the records written so far stay: rerun with resume=true once it answers"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -24,11 +24,13 @@ def free_port() -> int:
 
 @contextmanager
 def serving(
-    composer: Composer, defaults: DecodingConfig | None = None, **settings: object
+    composer: Composer, defaults: DecodingConfig | None = None, before: Callable | None = None, **settings: object
 ) -> Iterator[tuple[str, object]]:
-    """(base_url, the uvicorn server) while the server runs."""
+    """(base_url, the uvicorn server) while the server runs; ``before(app)`` may add middleware first."""
     chosen = replace(ServeSettings(port=free_port()), **settings)
     running = server(composer, chosen, defaults or DecodingConfig())
+    if before is not None:
+        before(running.config.app)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
