@@ -78,6 +78,11 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, composer: Composer) -> None:
         base = composer.models[composer.plan.base.group]
+        if base.model is None:
+            raise UserInputError(
+                "ComposedForCausalLM needs a local base (an endpoint has no config or cache); use Composer.generate, "
+                "or lm-eval through composer.evaluation.lm_eval_model.ComposerLM"
+            )
         config = copy.deepcopy(base.model.config)
         config._experts_implementation_internal = None  # an MoE base's: this shell runs no MoE layer of its own
         super().__init__(config)

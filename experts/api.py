@@ -142,13 +142,15 @@ class ApiModel:
         top: dict[int, float] = {}
         for token, logprob in logprobs.top_logprobs[0].items():
             token_id = self.table.id_of(token)
-            # strings of another tokenizer that fall on one of our tokens share its mass
-            top[token_id] = (
-                float(logprob)
-                if token_id not in top
-                else float(torch.logaddexp(torch.tensor(top[token_id]), torch.tensor(float(logprob))))
-            )
+            # strings of another tokenizer that fall on one of our tokens share its probability
+            top[token_id] = float(logprob) if token_id not in top else _log_add(top[token_id], float(logprob))
         return top
+
+
+def _log_add(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) without overflow."""
+    high, low = max(a, b), min(a, b)
+    return high + math.log1p(math.exp(low - high)) if math.isfinite(low) else high
 
 
 def _retried(err: Exception) -> bool:

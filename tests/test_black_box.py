@@ -4,6 +4,7 @@ greedy output equals the local base cut to the same top_logprobs, token for toke
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -136,3 +137,45 @@ def test_token_strings_map_exactly_or_by_the_documented_rule():
     assert table.id_of(" Lilyzzq") == lily  # another tokenizer's string: our first token of its text
     with pytest.raises(UserInputError, match="no token of tokenizer"):
         table.id_of("")
+
+
+def test_scoring_speculation_and_lm_eval_run_over_the_endpoint(endpoint):
+    from lm_eval.api.instance import Instance
+
+    from composer.evaluation.lm_eval_model import ComposerLM
+    from composer.speculative import Draft
+
+    config = DecodingConfig(max_new_tokens=8)
+    local = Composer(Member(ModelSpec(BASE, dtype="float64", top_logprobs=4), TEMPLATE), _objectives(2))
+    remote = Composer(Member(ApiSpec(endpoint, "proxy-composer", BASE, top_logprobs=4, prompt_as="ids"), TEMPLATE),
+                      _objectives(2))  # fmt: skip
+    plain = local.generate(PROMPTS, config)
+    answers = [c.text for c in plain]
+    expected = [s.logprob for s in local.score(PROMPTS, answers)]
+    assert [s.logprob for s in remote.score(PROMPTS, answers)] == pytest.approx(expected, abs=1e-6)
+    assert remote.score(PROMPTS[0], " zebra xylophone")[0].logprob == float("-inf")  # off the top-k support
+    drafted = remote.generate(PROMPTS, config, draft=Draft(gamma=3))
+    assert [c.token_ids for c in drafted] == [c.token_ids for c in plain]
+    lm = ComposerLM(remote)
+    request = Instance("generate_until", {}, (PROMPTS[1], {"until": ["\n"], "max_gen_toks": 8}), 0)
+    [text] = lm.generate_until([request], disable_tqdm=True)
+    assert text == local.generate(PROMPTS[1], {"max_new_tokens": 8, "stop": ["\n"]})[0].text
+
+
+def test_strings_of_another_tokenizer_share_the_token_they_fall_on():
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from experts.api import ApiModel
+
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    answer = SimpleNamespace(top_logprobs=[{" Lily": -1.0, " Lilyzzq": -1.0, " has": -2.0}])
+    reply = SimpleNamespace(usage=None, choices=[SimpleNamespace(logprobs=answer)])
+    stub = SimpleNamespace(completions=SimpleNamespace(create=lambda **_: reply))
+    model = ApiModel(ApiSpec("http://stub/v1", "m", BASE, top_logprobs=3), tokenizer, stub, TokenTable(tokenizer))
+    scores = model.next_token_logprobs([[0, 5]])[0]
+    lily, has = TokenTable(tokenizer).id_of(" Lily"), TokenTable(tokenizer).id_of(" has")
+    assert float(scores[lily]) == pytest.approx(math.log(2 * math.exp(-1.0)))
+    assert float(scores[has]) == -2.0
+    assert int(torch.isfinite(scores).sum()) == 2

@@ -101,7 +101,10 @@ class ComposerLM(TemplateLM):
     @functools.cached_property
     def max_length(self) -> int:
         """The shortest context window among the members: every member reads each rolling window."""
-        return min(resolve_max_length(m.model.config, m.tokenizer) for m in self.composer.models)
+        local = [resolve_max_length(m.model.config, m.tokenizer) for m in self.composer.models if m.model is not None]
+        windows = [m.context_window for m in self.composer.models if m.model is None and m.context_window]
+        # an endpoint's window is its context_window setting where it gives one; none at all: lm-eval's default
+        return min(local + windows, default=2048)
 
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """As HFLM over a raw base. Where the base reads a prompt format, as lm-eval under a chat template: no

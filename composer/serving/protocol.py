@@ -73,7 +73,7 @@ def read_request(body: Any, chat: bool, defaults: DecodingConfig, limits: dict[s
     max_tokens = body.get("max_completion_tokens" if "max_completion_tokens" in body else "max_tokens")
     max_tokens = defaults.max_new_tokens if max_tokens is None else max_tokens
     _whole("max_tokens", max_tokens, 1, limits["max_tokens"])
-    n = body.get("n") or 1
+    n = 1 if body.get("n") is None else body["n"]
     _whole("n", n, 1, limits["max_batch"])
     temperature = _number(body, "temperature", 0.0, 2.0)
     top_p = _number(body, "top_p", 0.0, 1.0)
