@@ -24,8 +24,10 @@ from composer.plan import Plan
 from composer.schedules import Constant, Linear
 from experts import family
 from experts.errors import UserInputError
+from experts.prompts import Raw
 
 SHIPPED = {"tiny", "llama2_chat", "code_llama", "truthfulness", "code_safety", "safety_code_truth"}
+UNSTEERED = {"tiny_base"}  # the tiny base alone, to serve as a black box (tests/test_black_box.py)
 
 
 def compose_run(*overrides: str):
@@ -39,7 +41,14 @@ def recipe_names() -> list[str]:
 
 
 def test_the_shipped_recipes_are_all_there():
-    assert set(recipe_names()) == SHIPPED
+    assert set(recipe_names()) == SHIPPED | UNSTEERED
+
+
+def test_the_unsteered_recipe_serves_the_raw_base_under_the_endpoint_models_name():
+    cfg = compose_run("recipe=tiny_base")
+    assert not build_objectives(cfg) and cfg.prompts
+    assert build_base(cfg).format == Raw()
+    assert cfg.serve.model_name == compose_run("models@base=tiny-base-api").base.api.model
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -220,7 +229,7 @@ def test_a_plugin_folder_adds_recipes_and_objectives_that_reuse_the_shipped_grou
 def test_validate_checks_every_recipe_without_loading_weights(capsys: pytest.CaptureFixture[str]):
     status = validate([])
     lines = capsys.readouterr().out.splitlines()
-    assert sorted(line.split()[1].rstrip(":") for line in lines) == sorted(SHIPPED)
+    assert sorted(line.split()[1].rstrip(":") for line in lines) == sorted(SHIPPED | UNSTEERED)
     assert all(line.startswith("ok") for line in lines if "tiny" not in line)
     family_ready = all((Path(family.MODELS_DIR) / f"tiny-expert-{n}").is_dir() for n in family.OBJECTIVES)
     assert status == (0 if family_ready else 1)
