@@ -179,3 +179,30 @@ def test_strings_of_another_tokenizer_share_the_token_they_fall_on():
     assert float(scores[lily]) == pytest.approx(math.log(2 * math.exp(-1.0)))
     assert float(scores[has]) == -2.0
     assert int(torch.isfinite(scores).sum()) == 2
+
+
+def test_a_run_stopped_by_the_endpoint_keeps_its_records_and_resumes(tmp_path):
+    answered = {"left": 7}  # a request per generated token, three per prompt: the third prompt fails
+
+    def dying(app):  # noqa: ANN001, ANN202
+        @app.middleware("http")
+        async def down(request, call_next):  # noqa: ANN001, ANN202
+            if request.url.path.endswith("/completions"):
+                if answered["left"] <= 0:
+                    return Response(status_code=503)
+                answered["left"] -= 1
+            return await call_next(request)
+
+    with serving(Composer(ModelSpec(BASE)), before=dying, model_name="tiny-base") as (url, _):
+        output = tmp_path / "out.jsonl"
+        overrides = [
+            "models@base=tiny-base-api", f"base.api.base_url={url}", "base.api.tries=1", "~objectives.code",
+            "~objectives.math", "decoding.max_new_tokens=3", "batch_size=1", f"output={output}",
+            'prompts=["Who are you?","How do I clean my barn?","Tell me a story.","What is 2 + 2?"]',
+        ]  # fmt: skip
+        with pytest.raises(UserInputError, match="failed after 1 try.*resume=true"):
+            run_job(compose(overrides), tmp_path, overrides)
+        assert len(output.read_text().splitlines()) == 2
+        answered["left"] = 1000
+        summary = run_job(compose([*overrides, "resume=true"]), tmp_path, overrides)
+        assert summary["records"] == 4 and len(output.read_text().splitlines()) == 4
