@@ -160,7 +160,7 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=4, help="requests each client sends, one after another")
+    parser.add_argument("--requests", type=int, default=8, help="requests each client sends, one after another")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the black-box comparison")
     parser.add_argument("--out", type=Path, default=RESULTS)

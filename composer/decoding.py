@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -97,33 +97,6 @@ def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | N
         return scores.argmax(-1)
     probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-class RowChooser:
-    """Next tokens for rows with decoding settings of their own: each config object's processors and random
-    generator serve its rows (the rows of one ``generate`` call share one, as transformers' do)."""
-
-    def __init__(self, configs: Sequence[DecodingConfig], device: torch.device) -> None:
-        self.configs = configs
-        self.kinds = list({id(c): c for c in configs}.values())
-        self.processors = [c.processors() for c in self.kinds]
-        self.generators = [c.generator(device) for c in self.kinds]
-        self.kind_of = [next(k for k, c in enumerate(self.kinds) if c is config) for config in configs]
-
-    def __call__(self, rows: torch.Tensor, history: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """rows (B,): each current row's index into ``configs``; history (B, L); logits (B, V)."""
-        if len(self.kinds) == 1:
-            return self._choose(0, history, logits)
-        kinds = torch.tensor([self.kind_of[row] for row in rows.tolist()])
-        chosen = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        for kind in kinds.unique().tolist():
-            index = (kinds == kind).nonzero()[:, 0].to(logits.device)
-            chosen[index] = self._choose(kind, history.index_select(0, index), logits.index_select(0, index))
-        return chosen
-
-    def _choose(self, kind: int, history: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        config = self.kinds[kind]
-        return choose(self.processors[kind](history, logits), config.do_sample, self.generators[kind])
 
 
 def drop_finished(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from composer.decoding import DecodingConfig, RowChooser, as_decoding, drop_finished
+from composer.decoding import DecodingConfig, as_decoding, choose, drop_finished
 from composer.guards import check_overrides
 from composer.objectives import Member, Objective, as_member
 from composer.plan import Plan
@@ -34,14 +34,11 @@ class Completion:
     text: str
     token_ids: list[int]
     weights: dict[str, float]
-    finish_reason: str  # "eos", "stop", "length", or "cancelled" (a listener dropped the row)
+    finish_reason: str  # "eos", "stop", "length", or "cancelled" (a server's client went away)
     trace: list[TokenTrace] | None = None
     guards_overridden: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprobs] | None = None  # with generate(logprobs=N)
 
-
-# (row, its tokens so far, finish reason, the last token's log-probs with logprobs=N) -> keep the row?
-Listener = Callable[[int, list[int], str, TokenLogprobs | None], bool | None]
 
 
 class Composer:
@@ -180,37 +177,12 @@ class Composer:
         ``logprobs=N`` records, per generated token, its log-probability under the composed distribution and
         the N most likely tokens' (N=0: the chosen token's alone).
         """
+        config = as_decoding(config)
         prompts = _prompt_list(prompts)
-        return self.generate_each(prompts, [as_decoding(config)] * len(prompts), weights, trace, draft, logprobs)
-
-    def generate_each(
-        self,
-        prompts: Sequence[str],
-        configs: Sequence[DecodingConfig],
-        weights: WeightOverride = None,
-        trace: bool = False,
-        draft: Draft | None = None,
-        logprobs: int | None = None,
-        listener: Listener | None = None,
-        prompt_ids: Sequence[list[int]] | None = None,
-    ) -> list[Completion]:
-        """``generate`` with decoding settings of each prompt's own, in one batch (a server's requests): the
-        prompts given one config object share its random generator, as ``generate``'s do; each config object
-        has its own, so that a seeded request samples alike alone or beside others. ``listener(row, tokens,
-        finish_reason, logprobs)`` hears of every generated token; it returns False to drop that row (a client gone).
-        ``prompt_ids``, one list per prompt, are fed as they are to members of the raw format (no decode and
-        encode round trip): a server's token-id prompts."""
-        prompts = _prompt_list(prompts)
-        if len(configs) != len(prompts) or not all(isinstance(c, DecodingConfig) for c in configs):
-            raise UserInputError(f"generate_each takes one DecodingConfig per prompt: {len(prompts)} of them")
         if logprobs is not None:
             check_whole("logprobs", logprobs, minimum=0, maximum=self.vocab_width)
-        if draft is not None and len({id(c) for c in configs}) > 1:
-            raise UserInputError("speculative decoding takes one decoding config for the whole batch")
-        longest = max(c.max_new_tokens for c in configs)
-        session, guard_notes = self._session(prompts, weights, longest, draft, prompt_ids)
-        repeats = torch.tensor([i for i, c in enumerate(configs) for _ in range(c.num_return_sequences)])
-        row_configs = [configs[i] for i in repeats.tolist()]
+        session, guard_notes = self._session(prompts, weights, config.max_new_tokens, draft)
+        repeats = torch.arange(len(prompts)).repeat_interleave(config.num_return_sequences)
         prompt_of_row = [prompts[i] for i in repeats.tolist()]
         weights_of_row = session.row_weights.index_select(1, repeats.to(session.row_weights.device))
         tokens: list[list[int]] = [[] for _ in prompt_of_row]
@@ -218,7 +190,7 @@ class Composer:
         chosen_logprobs: list[list[TokenLogprobs]] = [[] for _ in prompt_of_row]
         reasons = ["length"] * len(prompt_of_row)
         finished: set[int] = set()
-        for rows, chosen, composed in self._decode(session, row_configs, repeats, draft, finished):
+        for rows, chosen, composed in self._decode(session, config, repeats, draft, finished):
             steps = token_logprobs(composed.logits[:, -1], chosen, logprobs) if logprobs is not None else None
             for i, (row, token) in enumerate(zip(rows.tolist(), chosen.tolist(), strict=True)):
                 if row in finished:
@@ -228,11 +200,8 @@ class Composer:
                     traces[row].append(self._trace(composed, i, tokens[row]))
                 if steps is not None:
                     chosen_logprobs[row].append(steps[i])
-                reasons[row] = self._finish_reason(token, tokens[row], row_configs[row])
-                heard = steps[i] if steps is not None else None
-                if listener is not None and listener(row, tokens[row], reasons[row], heard) is False:
-                    reasons[row] = "cancelled"
-                if reasons[row] != "length" or len(tokens[row]) == row_configs[row].max_new_tokens:
+                reasons[row] = self._finish_reason(token, tokens[row], config)
+                if reasons[row] != "length":
                     finished.add(row)
             if len(finished) == len(reasons):
                 break
@@ -240,7 +209,7 @@ class Composer:
         return [
             Completion(
                 prompt=prompt_of_row[row],
-                text=self._text(tokens[row], reasons[row], row_configs[row]),
+                text=self._text(tokens[row], reasons[row], config),
                 token_ids=tokens[row],
                 weights=dict(zip(names, weights_of_row[:, row].tolist(), strict=True)),
                 finish_reason=reasons[row],
@@ -267,7 +236,7 @@ class Composer:
         session = self._session([prompt], weights, config.max_new_tokens, draft)[0]
         tokens: list[int] = []
         shown = ""
-        for _, chosen, _ in self._decode(session, [config], torch.zeros(1, dtype=torch.long), draft):
+        for _, chosen, _ in self._decode(session, config, torch.zeros(1, dtype=torch.long), draft):
             tokens.append(int(chosen[0]))
             reason = self._finish_reason(tokens[-1], tokens, config)
             ready = self.ready_text(tokens, reason, config)
@@ -300,34 +269,35 @@ class Composer:
     def _decode(
         self,
         session: Session,
-        configs: Sequence[DecodingConfig],
+        config: DecodingConfig,
         repeats: torch.Tensor,
         draft: Draft | None = None,
         finished: Collection[int] = (),
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Composed]]:
-        """Yields (rows (B',), chosen tokens (B',), composed parts) until the longest ``max_new_tokens`` or the
-        caller stops. ``configs`` holds each row's settings (one object for rows that share a generator).
+        """Yields (rows (B',), chosen tokens (B',), composed parts) until max_new_tokens or the caller stops.
 
         ``rows`` are the indices (into ``repeats``) of the rows still decoding: the caller adds a row to
         ``finished`` when it ends, and the next step runs without it (``Session.select``).
         """
         composed = session.start()
-        history = _base_prompt_ids(session).index_select(0, repeats.to(session.device))  # before select: B rows
-        if len(repeats) != session.batch:
+        history = base_prompt_ids(session).index_select(0, repeats.to(session.device))  # before select: B rows
+        if config.num_return_sequences > 1:
             session.select(repeats.to(session.device))
             composed = composed.take(rows=repeats.to(session.device))
         if draft is not None:
-            yield from speculate(session, composed, history, configs[0], draft, finished)
+            yield from speculate(session, composed, history, config, draft, finished)
             return
-        pick = RowChooser(configs, session.device)
+        processors = config.processors()
+        generator = config.generator(session.device)
         rows = torch.arange(len(repeats))
-        for step in range(max(c.max_new_tokens for c in configs)):
-            chosen = pick(rows, history, composed.logits[:, -1])
+        for step in range(config.max_new_tokens):
+            scores = processors(history, composed.logits[:, -1])
+            chosen = choose(scores, config.do_sample, generator)
             yield rows, chosen, composed
+            if step + 1 == config.max_new_tokens:
+                return
             history = torch.cat([history, chosen.unsqueeze(1)], dim=1)
             rows, (history, chosen) = drop_finished(session, rows, finished, history, chosen)
-            if step + 1 == max(configs[row].max_new_tokens for row in rows.tolist()):
-                return
             composed = session.extend(chosen.unsqueeze(1))
 
     def _finish_reason(self, token: int, tokens: list[int], config: DecodingConfig) -> str:
@@ -380,7 +350,7 @@ def _prompt_list(prompts: Sequence[str] | str) -> list[str]:
     return prompts
 
 
-def _base_prompt_ids(session: Session) -> torch.Tensor:
+def base_prompt_ids(session: Session) -> torch.Tensor:
     """The base's prompt ids, the history that the repetition penalty looks at: a shorter row is filled on the
     left with its own first id, not the pad token, which the penalty (reading ids as a set) would lower in a
     batch and not alone."""

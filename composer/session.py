@@ -48,6 +48,16 @@ class Composed:
             self.weights[:, rows][:, :, positions],
         )
 
+    def beside(self, other: Composed) -> Composed:
+        """These rows followed by ``other``'s, at the same positions."""
+        return Composed(
+            torch.cat([self.logits, other.logits]),
+            torch.cat([self.base, other.base]),
+            torch.cat([self.experts, other.experts], 1),
+            torch.cat([self.antis, other.antis], 1),
+            torch.cat([self.weights, other.weights], 1),
+        )
+
     def joined(self, later: Composed) -> Composed:
         """These positions followed by ``later``'s, for the same rows."""
         return Composed(
@@ -220,6 +230,34 @@ class Session:
         self.row_weights = self.row_weights[:, index.to(self.row_weights.device)]
         self.steps = self.steps[index.cpu()]
         self.batch = index.shape[0]
+
+    @property
+    def joinable(self) -> bool:
+        """Can another session's rows join this one (``merge``)? Not over fixed-shape or sliding caches."""
+        return all(getattr(unit.stream, "joinable", False) for unit in self.units)
+
+    def merge(self, other: Session) -> None:
+        """``other``'s rows (a started session of the same composer) join this one's, after them: a server's new
+        requests join the running batch between steps. Each row keeps its own steps, so schedules stay its own."""
+        mine, theirs = self.batch, other.batch
+        for unit, joining in zip(self.units, other.units, strict=True):
+            unit.stream.merge(joining.stream)
+            copies = len(unit.groups) * unit.blocks  # member-major blocks, each of a batch's rows
+            order = [[k * mine + b for b in range(mine)] + [copies * mine + k * theirs + b for b in range(theirs)]
+                     for k in range(copies)]  # fmt: skip
+            unit.stream.select(torch.tensor([i for block in order for i in block]))
+        self.rows = [  # format-major: each format's rows of this batch, then the other's
+            [
+                row
+                for f in range(len(a) // mine)
+                for row in (*a[f * mine : (f + 1) * mine], *b[f * theirs : (f + 1) * theirs])
+            ]
+            for a, b in zip(self.rows, other.rows, strict=True)
+        ]
+        self.row_weights = torch.cat([self.row_weights, other.row_weights.to(self.row_weights.device)], 1)
+        self.steps = torch.cat([self.steps, other.steps])
+        self.generated = max(self.generated, other.generated)
+        self.batch = mine + theirs
 
     def weights_at(self, first_step: int | torch.Tensor, n: int) -> torch.Tensor:
         """Effective weights ``(K, B, n)``: each row's weight times each objective's schedule.

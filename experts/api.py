@@ -231,6 +231,12 @@ class ApiStream:
         """Row r keeps the first ``keep[r]`` of the last ``appended`` tokens: rows hold their own lengths."""
         self.rows = [row[: len(row) - appended + k] for row, k in zip(self.rows, keep.tolist(), strict=True)]
 
+    joinable = True
+
+    def merge(self, other: ApiStream) -> None:
+        self.rows += other.rows
+        self.prompt_widths += other.prompt_widths
+
     def select(self, rows: torch.Tensor) -> None:
         index = rows.tolist()
         self.rows = [list(self.rows[i]) for i in index]

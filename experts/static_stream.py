@@ -22,6 +22,7 @@ class StaticStream(ModelStream):
 
     def __init__(self, model: torch.nn.Module, pad_id: int, capacity: int) -> None:
         super().__init__(model, pad_id)
+        self.joinable = False  # a fixed-shape cache takes no rows in
         self.capacity = capacity
         self.graphs = self.device.type == "cuda"  # off once a capture fails
         self.full = self.mask  # the mask at its final width; ``mask`` is its first ``used`` columns

@@ -7,7 +7,9 @@ formats of one set of weights as one batch is what makes prompted experts nearly
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from experts.compat import CACHE_ARG
 from experts.compiled import CompiledStep
@@ -69,6 +71,10 @@ class ModelStream:
         # cannot be cropped once full; full layers can, the mask still applying the window
         self.windowed = rolls_back and any(
             getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers
+        )
+        # a plain attention cache (no window, no indexer) takes other rows in by padding them to one width
+        self.joinable = not rolls_back and all(
+            type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers
         )
         self.device = next(model.parameters()).device
         self.pad_id = pad_id
@@ -157,6 +163,18 @@ class ModelStream:
             index = columns[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
             layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
 
+    def merge(self, other: ModelStream) -> None:
+        """``other``'s rows join these, after them (a server's new requests between steps): the shorter past is
+        left-padded with masked columns, as a left-padded batch is, so each row goes on as it would alone."""
+        if not (self.joinable and other.joinable):
+            raise ValueError("only plain attention caches take rows in")
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        self.mask = torch.cat([_widen(m, width) for m in (self.mask, other.mask)])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_widen(k, width, dim=2) for k in (mine.keys, theirs.keys)])
+            mine.values = torch.cat([_widen(v, width, dim=2) for v in (mine.values, theirs.values)])
+        self.prompt_width = width
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep, reorder or repeat rows (beam reordering, several samples per prompt, dropping rows)."""
         rows = rows.to(self.device)
@@ -175,3 +193,11 @@ class ModelStream:
             logits_to_keep=keep,
         )
         return self._checked(out.logits)
+
+
+def _widen(tensor: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:
+    """``tensor`` left-padded with zeros along ``dim`` (a mask's columns, a cache's positions) to ``width``."""
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    return F.pad(tensor, (0, 0) * (tensor.dim() - 1 - dim) + (missing, 0))

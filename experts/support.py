@@ -32,6 +32,9 @@ class TopLogprobsStream:
     def start(self, rows: list[list[int]]) -> torch.Tensor:
         return top_logprobs(self.stream.start(rows), self.k)
 
+    def merge(self, other: TopLogprobsStream) -> None:
+        self.stream.merge(other.stream)
+
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
         return top_logprobs(self.stream.extend(tokens), self.k)
 

@@ -206,3 +206,19 @@ def test_a_run_stopped_by_the_endpoint_keeps_its_records_and_resumes(tmp_path):
         answered["left"] = 1000
         summary = run_job(compose([*overrides, "resume=true"]), tmp_path, overrides)
         assert summary["records"] == 4 and len(output.read_text().splitlines()) == 4
+
+
+def test_rows_over_the_endpoint_join_mid_flight(endpoint):
+    from composer.running import RunningBatch
+    from experts.prompts import Raw
+
+    remote = Composer(Member(ApiSpec(endpoint, "proxy-composer", BASE, top_logprobs=4, prompt_as="ids"), TEMPLATE),
+                      _objectives(1))  # fmt: skip
+    config = DecodingConfig(max_new_tokens=6)
+    alone = [c.token_ids for c in remote.generate(PROMPTS, config)]
+    batch, done = RunningBatch(remote), {}
+    for step in range(12):
+        if step < len(PROMPTS):  # one more prompt joins at each of the first steps
+            batch.join([step], [PROMPTS[step]], [config], [{}], [Raw().render(PROMPTS[step], remote.tokenizer)])
+        done |= {row.tag: row.tokens for row in batch.step(lambda row, _: True)} if batch.live else {}
+    assert [done[i] for i in range(len(PROMPTS))] == alone

@@ -231,7 +231,7 @@ def test_a_stream_shows_exactly_the_text_that_generate_returns(byte_level, tmp_p
 def test_the_repetition_penalty_reads_a_batched_row_as_it_reads_it_alone(tiny, monkeypatch):
     """A shorter row's left padding is not part of its history: the pad token kept its score (it lost it to the
     penalty in a batch, as transformers' generate() over a left-padded batch does)."""
-    import composer.decoding
+    import composer.engine
 
     seen: list[torch.Tensor] = []
 
@@ -239,7 +239,7 @@ def test_the_repetition_penalty_reads_a_batched_row_as_it_reads_it_alone(tiny, m
         seen.append(scores.clone())
         return scores.argmax(-1)
 
-    monkeypatch.setattr(composer.decoding, "choose", record)
+    monkeypatch.setattr(composer.engine, "choose", record)
     both = steered(tiny)
     config = DecodingConfig(max_new_tokens=1, repetition_penalty=1.8)
     both.generate(["the cat sat on the mat and ran", "dog"], config)
@@ -260,7 +260,7 @@ def test_the_repetition_penalty_reads_a_batched_row_as_it_reads_it_alone(tiny, m
 def test_byte_fallback_pieces_stop_and_stream_as_the_whole_text_reads(tmp_path, monkeypatch, pieces):
     """Llama-2's byte pieces decode run by run: the newline stop is found where the whole text has it, and the
     stream never shows characters that a later byte turns into replacement characters."""
-    import composer.decoding
+    import composer.engine
     from tests.tiny_models import build_byte_fallback_tokenizer, build_model
 
     tokenizer = build_byte_fallback_tokenizer()
@@ -271,7 +271,7 @@ def test_byte_fallback_pieces_stop_and_stream_as_the_whole_text_reads(tmp_path, 
     def choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None) -> torch.Tensor:
         return torch.full((scores.shape[0],), forced[step.pop(0)], dtype=torch.long)
 
-    monkeypatch.setattr(composer.decoding, "choose", choose)
+    monkeypatch.setattr(composer.engine, "choose", choose)
     config = DecodingConfig(max_new_tokens=len(pieces), stop=("\n",))
     step = list(range(len(pieces)))
     out = runner.generate("a", config)[0]
@@ -285,7 +285,7 @@ def test_byte_fallback_pieces_stop_and_stream_as_the_whole_text_reads(tmp_path, 
 def test_a_stream_holds_back_what_a_clean_up_decode_would_remove(tmp_path, monkeypatch, pieces):
     """A decode that cleans up spaces (WordPiece's kind) removes a space already decoded once "." or "n't" follows:
     the stream must not have shown it."""
-    import composer.decoding
+    import composer.engine
     from tests.tiny_models import build_model
 
     words = ["<unk>", "a", "b", ".", " ", "n't", "'", "s"]
@@ -297,7 +297,7 @@ def test_a_stream_holds_back_what_a_clean_up_decode_would_remove(tmp_path, monke
     runner = Composer(str(build_model(tmp_path / "clean", seed=0, tokenizer=tokenizer)))
     forced = tokenizer.convert_tokens_to_ids(pieces)
     step: list[int] = []
-    monkeypatch.setattr(composer.decoding, "choose", lambda scores, *_: torch.full((len(scores),), forced[step.pop(0)]))
+    monkeypatch.setattr(composer.engine, "choose", lambda scores, *_: torch.full((len(scores),), forced[step.pop(0)]))
     config = DecodingConfig(max_new_tokens=len(pieces))
     step[:] = range(len(pieces))
     text = runner.generate("a", config)[0].text

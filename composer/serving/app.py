@@ -64,7 +64,9 @@ def create_app(composer: Composer, settings: ServeSettings, defaults: DecodingCo
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "batches": batcher.batches, "rows": batcher.rows, "cancelled": batcher.cancelled}
+        # rows / steps: how many rows a decoding step advanced on average (the batching at work)
+        counts = {"requests": batcher.requests, "steps": batcher.steps, "rows": batcher.rows}
+        return {"status": "ok", **counts, "cancelled": batcher.cancelled}
 
     @app.get("/v1/models")
     async def models(http: HttpRequest) -> Response:
