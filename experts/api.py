@@ -7,6 +7,7 @@ base's top-k. The endpoint's token strings map to the local tokenizer's ids (``e
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -195,6 +196,8 @@ def _load_cached(spec: ApiSpec) -> ApiModel:
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    for name in ("httpx", "httpx2", "openai"):  # one INFO line per request otherwise, under Hydra's logging
+        logging.getLogger(name).setLevel(logging.WARNING)
     client = openai.OpenAI(base_url=spec.base_url, api_key=key, timeout=spec.timeout, max_retries=spec.tries - 1)
     return ApiModel(spec=spec, tokenizer=tokenizer, client=client, table=TokenTable(tokenizer))
 
