@@ -28,6 +28,7 @@ from composer.engine import Composer
 from composer.metrics import Metric
 from composer.objectives import Member, Objective
 from composer.plan import Plan
+from composer.serving.settings import ServeSettings
 from composer.speculative import GAMMA_SCHEDULES, Draft
 from experts import family
 from experts.api import ApiSpec
@@ -110,21 +111,6 @@ class SpeculativeConfig:
 
 
 @dataclass
-class ServeConfig:
-    """``proxy-compose serve``: mirrors composer.serving.ServeSettings."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # unset: no auth
-    model_name: str = "proxy-composer"
-    max_tokens: int = 256
-    max_prompt_tokens: int = 2048
-    max_batch: int = 16
-    batch_wait_ms: float = 5.0
-    max_logprobs: int = 20
-
-
-@dataclass
 class RunConfig:
     base: ModelConfig = MISSING
     objectives: dict[str, ObjectiveConfig] = field(default_factory=dict)
@@ -140,7 +126,7 @@ class RunConfig:
     cuda_graphs: bool = False  # replay decoding steps as CUDA graphs (Composer(cuda_graphs=True))
     compile: bool = False  # run the decoding steps after the prefill through torch.compile (Composer(compile=True))
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
+    serve: ServeSettings = field(default_factory=ServeSettings)  # proxy-compose serve
 
 
 def register_configs() -> None:

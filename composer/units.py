@@ -101,10 +101,8 @@ def build_units(
         loaded = models[groups[0]]
         if len(groups) == 1:
             stream = open_stream(loaded, compiled, speculative, graphed)
-        elif graphed is None:
-            stream = ModelStream(model, loaded.tokenizer.pad_token_id, compiled, rolls_back=speculative)
         else:
-            stream = StaticStream(model, loaded.tokenizer.pad_token_id, graphed)
+            stream = _model_stream(model, loaded.tokenizer.pad_token_id, compiled, speculative, graphed)
         units.append(Unit(groups, [formats[g] for g in groups], stream))
     return units
 
@@ -120,11 +118,15 @@ def open_stream(
     """The stream that runs one model: over its endpoint, or its own forward, cut to ``top_logprobs`` if set."""
     if isinstance(loaded, ApiModel):
         return ApiStream(loaded)
-    pad = loaded.tokenizer.pad_token_id
-    stream = (
-        ModelStream(loaded.model, pad, compiled, rolls_back)
-        if graphed is None
-        else StaticStream(loaded.model, pad, graphed)
-    )
+    stream = _model_stream(loaded.model, loaded.tokenizer.pad_token_id, compiled, rolls_back, graphed)
     k = loaded.spec.top_logprobs
     return stream if k is None else TopLogprobsStream(stream, k)
+
+
+def _model_stream(
+    model: torch.nn.Module, pad: int, compiled: bool, rolls_back: bool, graphed: int | None
+) -> ModelStream | StaticStream:
+    """A model's (or a stack's) own forward: caches that grow, or fixed-shape ones graphed for ``graphed`` tokens."""
+    if graphed is None:
+        return ModelStream(model, pad, compiled, rolls_back=rolls_back)
+    return StaticStream(model, pad, graphed)

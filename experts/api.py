@@ -95,8 +95,12 @@ class ApiModel:
     client: object = field(repr=False)
     table: TokenTable = field(repr=False)
     usage: Usage = field(default_factory=Usage)
+    pool: ThreadPoolExecutor = field(init=False, repr=False)  # the requests of a step, side by side
     model = None
     device = torch.device("cpu")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pool", ThreadPoolExecutor(max_workers=self.spec.concurrency))
 
     @property
     def vocab_width(self) -> int:
@@ -108,8 +112,7 @@ class ApiModel:
 
     def next_token_logprobs(self, rows: list[list[int]]) -> torch.Tensor:
         """One request per row, side by side: the base's log-probs after each row, (R, V), -inf off the top-k."""
-        with ThreadPoolExecutor(max_workers=min(self.spec.concurrency, len(rows))) as pool:
-            tops = list(pool.map(self._ask, rows))
+        tops = list(self.pool.map(self._ask, rows))
         out = torch.full((len(rows), self.vocab_width), -math.inf, dtype=torch.float64)
         for r, top in enumerate(tops):
             for token_id, logprob in top.items():

@@ -69,13 +69,10 @@ class ModelStream:
         self.compiled = CompiledStep(model) if compiled else None
         # a sliding window counts cache columns: transformers' sliding layers keep the last ones only, and
         # cannot be cropped once full; full layers can, the mask still applying the window
-        self.windowed = rolls_back and any(
-            getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers
-        )
+        layers = DynamicCache(config=model.config).layers
+        self.windowed = rolls_back and any(getattr(layer, "is_sliding", False) for layer in layers)
         # a plain attention cache (no window, no indexer) takes other rows in by padding them to one width
-        self.joinable = not rolls_back and all(
-            type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers
-        )
+        self.joinable = not rolls_back and all(type(layer) is DynamicLayer for layer in layers)
         self.device = next(model.parameters()).device
         self.pad_id = pad_id
         self.mask = torch.empty(0, 0, dtype=torch.long, device=self.device)

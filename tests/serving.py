@@ -13,7 +13,8 @@ import openai
 
 from composer.decoding import DecodingConfig
 from composer.engine import Composer
-from composer.serving import ServeSettings, server
+from composer.serving.app import server
+from composer.serving.settings import ServeSettings
 
 
 def free_port() -> int:

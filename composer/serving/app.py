@@ -12,9 +12,9 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -32,6 +32,7 @@ from composer.serving.protocol import (
     response_body,
     usage,
 )
+from composer.serving.settings import ServeSettings
 from composer.trace import TokenLogprobs
 from experts.errors import UserInputError
 from experts.prompts import Raw
@@ -40,19 +41,12 @@ from experts.tokens import TokenTable
 DISCONNECT_POLL_S = 0.25
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """``serve.*`` in the run config (``composer.config.ServeConfig``)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # unset: no auth; set: every /v1 request needs "Authorization: Bearer KEY"
-    model_name: str = "proxy-composer"
-    max_tokens: int = 256
-    max_prompt_tokens: int = 2048
-    max_batch: int = 16  # rows decoded as one batch
-    batch_wait_ms: float = 5.0  # how long the first request of a batch waits for others to join
-    max_logprobs: int = 20
+def server(composer: Composer, settings: ServeSettings, defaults: DecodingConfig) -> uvicorn.Server:
+    """A uvicorn server for the composition, not yet started: ``.run()`` serves until stopped."""
+    config = uvicorn.Config(
+        create_app(composer, settings, defaults), host=settings.host, port=settings.port, log_level="warning"
+    )
+    return uvicorn.Server(config)
 
 
 def create_app(composer: Composer, settings: ServeSettings, defaults: DecodingConfig) -> FastAPI:

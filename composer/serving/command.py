@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from composer.config import build_composer, build_decoding, compose
-from composer.serving import ServeSettings, server
+from composer.serving.settings import ServeSettings
 from experts.errors import UserInputError, check_whole
 
 USAGE = """usage: proxy-compose serve [hydra overrides...]
@@ -28,6 +28,8 @@ def main(overrides: list[str]) -> int:
         import uvicorn  # noqa: F401
     except ModuleNotFoundError:
         raise UserInputError("proxy-compose serve needs the serve extra: pip install 'proxy-composer[serve]'") from None
+    from composer.serving.app import server
+
     cfg = compose(overrides)
     settings = ServeSettings(**OmegaConf.to_container(cfg.serve, resolve=True))
     check_settings(settings)
